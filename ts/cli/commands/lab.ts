@@ -1,15 +1,148 @@
 /**
- * `membrane lab up | down | status | probe`: the single-node lab cluster.
+ * `membrane lab up | down | status | build | probe`: the single-node lab cluster.
  */
 import type { Command } from 'commander';
-import { NotAvailableError } from '../output.js';
-import type { CliIO } from '../program.js';
+import { ensureLabBinaries, type LabBinaries } from '../../lab/build.js';
+import { labDown, labStatus, labUp, type LabDownResult, type LabStatus, type LabUpResult } from '../../lab/lab.js';
+import { NotAvailableError, render, table, UsageError } from '../output.js';
+import { contextOf, type CliIO } from '../program.js';
 
-export function registerLabCommands(program: Command, _io: CliIO): void {
-  const lab = program.command('lab').description('Run a single-node Kubernetes lab on this machine (real etcd, kube-apiserver, kube-controller-manager)');
-  for (const verb of ['up', 'down', 'status', 'probe']) {
-    lab.command(verb).action(() => {
-      throw new NotAvailableError(`membrane lab ${verb} is not available yet.`);
-    });
+/** Runs fn with an AbortSignal that fires on SIGINT/SIGTERM, so `up` can undo what it started. */
+async function interruptible<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const ac = new AbortController();
+  const onSignal = () => ac.abort();
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    return await fn(ac.signal);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
+}
+
+export function registerLabCommands(program: Command, io: CliIO): void {
+  const lab = program
+    .command('lab')
+    .description('Run a single-node Kubernetes lab on this machine (real etcd, kube-apiserver, kube-controller-manager)')
+    .addHelpText(
+      'after',
+      `
+The control plane is built from source at the versions pinned in ts/lab/components/go.mod
+and cached in <lab.cacheDir>/lab-bin/. Everything listens on 127.0.0.1 only. Settings
+(lab.dir, ports, CIDRs) come from the config file or MEMBRANE_LAB_* variables, e.g.
+MEMBRANE_LAB_APISERVER_PORT=26443. up and down need root (blackhole routes).`,
+    );
+
+  lab
+    .command('up')
+    .description('Start the lab (build the control plane first if it is not cached); does nothing if it is already up')
+    .option('--timeout <seconds>', 'how long each component may take to become healthy', '180')
+    .action(async (opts: { timeout: string }, command: Command) => {
+      const ctx = contextOf(command, io);
+      const timeout = Number(opts.timeout);
+      if (!Number.isFinite(timeout) || timeout <= 0) throw new UsageError(`--timeout ${opts.timeout} is not a number of seconds`);
+      const result = await interruptible((signal) => labUp(ctx.config, { log: ctx.log, signal, startTimeoutSeconds: timeout }));
+      ctx.print(render({ value: result, human: humanUp }, ctx.output));
+    });
+
+  lab
+    .command('down')
+    .description('Stop the lab: stop the processes it started, remove its routes and runtime state (logs are kept)')
+    .option('--purge', 'also remove the logs and the lab directory')
+    .action(async (opts: { purge?: boolean }, command: Command) => {
+      const ctx = contextOf(command, io);
+      const result = await labDown(ctx.config, { log: ctx.log, purge: opts.purge === true });
+      ctx.print(render({ value: result, human: humanDown }, ctx.output));
+    });
+
+  lab
+    .command('status')
+    .description('Show each component (running, pid, endpoint, version), the node, the CRDs and the routes')
+    .action(async (_opts: unknown, command: Command) => {
+      const ctx = contextOf(command, io);
+      const status = await labStatus(ctx.config);
+      ctx.print(render({ value: status, human: humanStatus }, ctx.output));
+    });
+
+  lab
+    .command('build')
+    .description('Build and cache the control-plane binaries from source, without starting anything')
+    .option('--force', 'rebuild even if the binaries for the pinned versions are cached')
+    .action(async (opts: { force?: boolean }, command: Command) => {
+      const ctx = contextOf(command, io);
+      const bins = await interruptible((signal) => ensureLabBinaries({ cacheDir: ctx.config.lab.cacheDir, log: ctx.log, force: opts.force === true, signal }));
+      ctx.print(render({ value: buildValue(bins), human: humanBuild }, ctx.output));
+    });
+
+  lab
+    .command('probe')
+    .description('Connect from one lab pod to a pod, service or IP and report the verdict [not available yet]')
+    .argument('<from>', 'source pod, namespace/name')
+    .argument('<to>', 'destination: pod (namespace/name), service (svc/namespace/name) or IP, with :port')
+    .addHelpText('after', '\nNot available yet: lands with the CNI plugin and the lab node simulator, which realize lab pods.')
+    .action(() => {
+      throw new NotAvailableError('membrane lab probe is not available yet: it lands with the CNI plugin and the lab node simulator (pods must exist as network namespaces first). Nothing was done.');
+    });
+}
+
+function buildValue(b: LabBinaries) {
+  return { key: b.key, dir: b.dir, built: b.built, versions: b.manifest.versions, goVersion: b.manifest.goVersion, builtAt: b.manifest.builtAt, binaries: b.paths };
+}
+
+function humanBuild(v: ReturnType<typeof buildValue>): string {
+  return [
+    `${v.built ? 'Built' : 'Already built'}: Kubernetes ${v.versions.kubernetes}, etcd ${v.versions.etcd} (${v.goVersion}, ${v.builtAt})`,
+    `Cache: ${v.dir}`,
+  ].join('\n');
+}
+
+function humanUp(r: LabUpResult): string {
+  const head =
+    r.action === 'already-up'
+      ? 'The lab is already up; nothing was changed.'
+      : `The lab is up (${r.seconds}s${r.built ? ', including building the control plane' : ''}).`;
+  return [head, ...r.notes.map((n) => `Note: ${n}`), '', humanStatus(r.status)].join('\n');
+}
+
+function humanDown(r: LabDownResult): string {
+  const lines: string[] = [];
+  if (r.action === 'not-up') lines.push(`The lab in ${r.dir} is not up; nothing to stop.`);
+  else lines.push(`The lab in ${r.dir} is down.`);
+  for (const s of r.stopped) lines.push(`  ${s.component} (pid ${s.pid}): ${s.outcome === 'not-running' ? 'was not running' : s.outcome === 'killed' ? 'killed after the grace period' : 'stopped'}`);
+  for (const s of r.strays) lines.push(`  stray ${s.binary} (pid ${s.pid}): ${s.outcome}`);
+  for (const c of r.routesRemoved) lines.push(`  removed route blackhole ${c}`);
+  if (r.removed.length && r.action === 'not-up') lines.push(`  removed leftover files: ${r.removed.join(', ')}`);
+  if (r.logsKept) lines.push(`Logs kept in ${r.logsKept} (membrane lab down --purge removes them).`);
+  return lines.join('\n');
+}
+
+function humanStatus(s: LabStatus): string {
+  const lines = [`Lab: ${s.state}${s.upAt ? ` since ${s.upAt}` : ''}   (${s.dir})`];
+  lines.push(
+    table(
+      ['COMPONENT', 'STATE', 'PID', 'ENDPOINT', 'VERSION', 'HEALTH'],
+      s.components.map((c) => [
+        c.name,
+        c.running ? 'running' : 'stopped',
+        c.pid !== null && c.running ? String(c.pid) : '-',
+        c.endpoint,
+        c.version ?? '-',
+        c.healthy === null ? '-' : c.healthy ? 'ok' : 'failing',
+      ]),
+    ),
+  );
+  if (s.state === 'down') return lines.join('\n') + '\n\nStart it with: membrane lab up';
+  if (s.node) {
+    lines.push(
+      '',
+      s.node.registered ? `Node ${s.node.name}: registered, podCIDR ${s.node.podCIDR ?? '-'}, Ready=${s.node.ready ?? '-'}` : `Node ${s.node.name}: not registered`,
+    );
+  }
+  if (s.crds.length) lines.push(`CRDs: ${s.crds.map((c) => `${c.name} (${c.established ? 'established' : 'not established'})`).join(', ')}`);
+  if (s.routes.length) lines.push(`Routes: ${s.routes.map((r) => `blackhole ${r.cidr} (${r.purpose}) ${r.present ? 'present' : 'MISSING'}`).join(', ')}`);
+  if (s.binaries) lines.push(`Binaries: Kubernetes ${s.binaries.versions.kubernetes}, etcd ${s.binaries.versions.etcd} from ${s.binaries.dir}`);
+  if (s.kubeconfig) lines.push(`Kubeconfig: ${s.kubeconfig}   (export KUBECONFIG=${s.kubeconfig})`);
+  lines.push('Logs: ' + s.components.map((c) => c.log).join(', '));
+  return lines.join('\n');
 }
