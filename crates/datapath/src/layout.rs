@@ -38,6 +38,8 @@ pub enum CKind {
     Struct,
     /// An integer or enum type of the same size.
     Scalar,
+    /// No type at all: the key and value of a map that has none (a ring buffer).
+    Absent,
 }
 
 /// The layout of a Rust mirror as the Rust compiler laid it out.
@@ -191,6 +193,24 @@ pub struct MapBinding {
 }
 
 impl MapBinding {
+    /// Binds a map without key or value types, such as a `BPF_MAP_TYPE_RINGBUF`
+    /// (its records are mirrored structs checked on their own).
+    pub fn keyless(name: &'static str, map_type: aya::maps::MapType) -> Self {
+        let absent = TypeLayout {
+            rust_name: "()",
+            c_name: "(none)",
+            kind: CKind::Absent,
+            size: 0,
+            fields: Vec::new(),
+        };
+        Self {
+            name,
+            map_type,
+            key: absent.clone(),
+            value: absent,
+        }
+    }
+
     /// Binds map `name` of type `map_type` to key `K` and value `V`.
     pub fn new<K: CType, V: CType>(name: &'static str, map_type: aya::maps::MapType) -> Self {
         Self {
@@ -234,6 +254,7 @@ pub fn check_type_id(
         Err(e) => return Err(fail(vec![e.to_string()])),
     };
     match rust.kind {
+        CKind::Absent => problems.push("the Rust binding expects no type here".to_owned()),
         CKind::Scalar => {
             if !matches!(c.kind, BtfKind::Int | BtfKind::Enum | BtfKind::Enum64) {
                 problems.push(format!(
@@ -401,7 +422,11 @@ pub fn check_object_maps(
             ("value", map.value_type, &binding.value),
         ] {
             match c_type {
+                None if rust.kind == CKind::Absent => {}
                 None => problems.push(format!("{what}: C map declares no __type({what}, ...)")),
+                Some(_) if rust.kind == CKind::Absent => problems.push(format!(
+                    "{what}: C map declares a {what} type, the Rust binding expects none"
+                )),
                 Some(id) => {
                     if let Err(e) = check_type_id(&btf, object.name, id, rust) {
                         problems.extend(

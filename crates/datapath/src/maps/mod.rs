@@ -10,7 +10,14 @@
 //! check walks: a map that an object defines but that is not bound here, or a
 //! mirror whose layout drifted from C, fails `cargo test` and refuses to load.
 
+pub mod config;
+pub mod conntrack;
+pub mod endpoint;
+pub mod events;
+pub mod ipcache;
+pub mod metrics;
 pub mod packet_counter;
+pub mod policy;
 
 use std::path::Path;
 
@@ -23,7 +30,17 @@ use crate::{
 
 /// Every map of every embedded object, with the Rust types bound to it.
 pub fn map_bindings() -> Vec<MapBinding> {
-    vec![packet_counter::binding()]
+    let mut all = vec![
+        packet_counter::binding(),
+        ipcache::binding(),
+        policy::binding(),
+        metrics::binding(),
+        config::binding(),
+        events::binding(),
+    ];
+    all.extend(endpoint::bindings());
+    all.extend(conntrack::bindings());
+    all
 }
 
 /// Every Rust mirror of a C struct. Register new mirrors here.
@@ -31,6 +48,17 @@ pub fn mirrored_types() -> Vec<TypeLayout> {
     vec![
         packet_counter::PacketCounterKey::layout(),
         packet_counter::PacketCounterValue::layout(),
+        endpoint::EndpointInfo::layout(),
+        ipcache::IpcacheKey::layout(),
+        ipcache::IpcacheEntry::layout(),
+        policy::PolicyKey::layout(),
+        policy::PolicyEntry::layout(),
+        conntrack::CtKey::layout(),
+        conntrack::CtEntry::layout(),
+        metrics::MetricsKey::layout(),
+        metrics::MetricsValue::layout(),
+        config::DatapathConfig::layout(),
+        events::FlowEvent::layout(),
     ]
 }
 

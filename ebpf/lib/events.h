@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * events.h - flow events into a ring buffer: drops, policy verdicts of new
+ * connections, and established traffic at most once per flow per interval.
+ * Rust twin: crates/datapath/src/maps/events.rs (FlowEvent).
+ */
+#ifndef MEMBRANE_LIB_EVENTS_H
+#define MEMBRANE_LIB_EVENTS_H
+
+#include "common.h"
+
+#ifndef MBR_EVENTS_BYTES
+#define MBR_EVENTS_BYTES (4 * 1024 * 1024)
+#endif
+
+/* flow_event.flags */
+#define MBR_EV_F_IS_REPLY 0x1
+
+struct flow_event {               /* 64 bytes */
+	__u64 timestamp_ns;       /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 ifindex;
+	__u16 src_ep;             /* local endpoint ids; 0 when not local */
+	__u16 dst_ep;
+	__u32 pkt_len;
+	__u8  event_type;         /* enum mbr_event_type */
+	__u8  verdict;            /* enum mbr_verdict */
+	__u8  drop_reason;        /* enum mbr_drop_reason */
+	__u8  proto;
+	__u8  tcp_flags;
+	__u8  direction;          /* enum mbr_traffic_direction */
+	__u8  ct_status;          /* enum mbr_ct_status */
+	__u8  flags;              /* MBR_EV_F_* */
+	__be16 proxy_port;
+	__u8  icmp_type;
+	__u8  icmp_code;
+	__u32 policy_cookie;      /* cookie of the deciding policy entry; 0 if none */
+	__u32 reserved[2];
+};
+
+/*
+ * clang puts a type into BTF only when a global, a function signature or a
+ * map definition uses it; ring-buffer records are none of these. This unused
+ * global keeps struct flow_event in the object's BTF, where the layout check
+ * and the decoders find it.
+ */
+struct flow_event *mbr_flow_event_btf __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, MBR_EVENTS_BYTES);
+} mbr_events SEC(".maps");
+
+#endif /* MEMBRANE_LIB_EVENTS_H */
