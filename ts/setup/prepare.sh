@@ -36,8 +36,11 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
 
 # 3. npm dependencies ---------------------------------------------------------
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  step "installing npm dependencies (npm ci)"
-  npm ci --no-audit --no-fund --loglevel=error
+  # `npm install --no-save` rather than `npm ci`: with omit-lockfile-registry-resolved
+  # (set on some machines) npm writes lockfiles without the other platforms' optional
+  # packages, which `npm ci` then rejects. The lockfile still pins every version.
+  step "installing npm dependencies"
+  npm install --no-save --no-audit --no-fund --loglevel=error
 fi
 
 # 4. Build -------------------------------------------------------------------
