@@ -8,6 +8,7 @@ import { createLogger, type Logger } from '../log/logger.js';
 import { NotAvailableError, OUTPUT_FORMATS, parseOutputFormat, UsageError, type OutputFormat } from './output.js';
 import { registerPendingVerbs } from './commands/not-yet.js';
 import { registerLabCommands } from './commands/lab.js';
+import { registerDemoCommand } from './commands/demo.js';
 
 export interface CliContext {
   config: MembraneConfig;
@@ -46,6 +47,7 @@ export function buildProgram(io: CliIO): Command {
       parseOutputFormat(action.optsWithGlobals<{ output: string }>().output);
     });
   registerLabCommands(program, io);
+  registerDemoCommand(program, io);
   registerPendingVerbs(program);
   program.commands.forEach(applyExitOverride);
   return program;

@@ -6,7 +6,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { ApiException, ApiextensionsV1Api, CoreV1Api, loadAllYaml, type KubeConfig, type V1CustomResourceDefinition, type V1Node } from '@kubernetes/client-node';
+import { ApiException, ApiextensionsV1Api, CoreV1Api, CustomObjectsApi, loadAllYaml, type KubeConfig, type V1CustomResourceDefinition, type V1Node } from '@kubernetes/client-node';
 
 export class ClusterSetupError extends Error {
   override name = 'ClusterSetupError';
@@ -94,13 +94,30 @@ export async function applyCrds(kc: KubeConfig, docs: CrdDocument[], timeoutMs =
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const states = await crdStates(kc, docs.map((d) => d.crd.metadata?.name ?? ''));
-    if (states.every((s) => s.established)) return states;
+    // Established is not enough: the apiserver answers 429 "storage is (re)initializing"
+    // for a moment after it; wait until every resource can actually be listed.
+    if (states.every((s) => s.established) && (await allServed(kc, docs))) return states;
     if (signal?.aborted) throw new ClusterSetupError('interrupted while waiting for the CRDs');
     if (Date.now() > deadline) {
       throw new ClusterSetupError(`CRDs not Established after ${timeoutMs / 1000}s: ${states.filter((s) => !s.established).map((s) => s.name).join(', ')}`);
     }
     await sleep(250);
   }
+}
+
+/** True when a list of every CRD's resources succeeds. */
+async function allServed(kc: KubeConfig, docs: CrdDocument[]): Promise<boolean> {
+  const api = kc.makeApiClient(CustomObjectsApi);
+  for (const { crd } of docs) {
+    const version = crd.spec.versions.find((v) => v.storage)?.name ?? crd.spec.versions[0]?.name ?? 'v1';
+    try {
+      await api.listClusterCustomObject({ group: crd.spec.group, version, plural: crd.spec.names.plural, limit: 1 });
+    } catch (err) {
+      if (isApiError(err, 429) || isApiError(err, 404) || isApiError(err, 503)) return false;
+      throw err;
+    }
+  }
+  return true;
 }
 
 export async function crdStates(kc: KubeConfig, names: string[]): Promise<CrdState[]> {
@@ -151,7 +168,7 @@ export async function registerNode(kc: KubeConfig, spec: NodeSpec): Promise<V1No
   const now = new Date();
   const cond = (type: string, status: string, reason: string, message: string) => ({ type, status, reason, message, lastHeartbeatTime: now, lastTransitionTime: now });
   const resources = { cpu: String(cpus().length), memory: `${Math.floor(totalmem() / 1024)}Ki`, pods: '110', 'ephemeral-storage': '10Gi' };
-  node.status = {
+  const status: V1Node['status'] = {
     conditions: [
       cond('MemoryPressure', 'False', 'MembraneLabSimulated', 'simulated node: no memory pressure is reported'),
       cond('DiskPressure', 'False', 'MembraneLabSimulated', 'simulated node: no disk pressure is reported'),
@@ -177,24 +194,35 @@ export async function registerNode(kc: KubeConfig, spec: NodeSpec): Promise<V1No
       architecture: labels['kubernetes.io/arch'],
     },
   };
-  try {
-    node = await core.replaceNodeStatus({ name: spec.name, body: node, fieldManager: FIELD_MANAGER });
-  } catch (err) {
-    throw new ClusterSetupError(`cannot set the status of node ${spec.name}: ${apiErrorMessage(err)}`);
-  }
+  // The controller-manager writes to a new Node too (annotations, taints); each
+  // update re-reads the latest version and retries on a conflict.
+  node = await onLatestNode(core, spec.name, 'set the status of', async (latest) =>
+    core.replaceNodeStatus({ name: spec.name, body: { ...latest, status }, fieldManager: FIELD_MANAGER }),
+  );
   // Admission (TaintNodesByCondition) gives every new Node the not-ready taint; the
   // node-lifecycle controller would lift it once Ready, but it is off in the lab.
-  const taints = node.spec?.taints ?? [];
-  const kept = taints.filter((t) => t.key !== NOT_READY_TAINT);
-  if (kept.length !== taints.length) {
-    node.spec = { ...node.spec, taints: kept };
+  node = await onLatestNode(core, spec.name, `lift the ${NOT_READY_TAINT} taint of`, async (latest) => {
+    const taints = latest.spec?.taints ?? [];
+    const kept = taints.filter((t) => t.key !== NOT_READY_TAINT);
+    if (kept.length === taints.length) return latest;
+    return core.replaceNode({ name: spec.name, body: { ...latest, spec: { ...latest.spec, taints: kept } }, fieldManager: FIELD_MANAGER });
+  });
+  return node;
+}
+
+/** Reads the node and applies `update` to it, again on a 409 conflict (up to 10 times). */
+async function onLatestNode(core: CoreV1Api, name: string, what: string, update: (latest: V1Node) => Promise<V1Node>): Promise<V1Node> {
+  for (let attempt = 1; ; attempt++) {
     try {
-      node = await core.replaceNode({ name: spec.name, body: node, fieldManager: FIELD_MANAGER });
+      return await update(await core.readNode({ name }));
     } catch (err) {
-      throw new ClusterSetupError(`cannot lift the ${NOT_READY_TAINT} taint of node ${spec.name}: ${apiErrorMessage(err)}`);
+      if (isApiError(err, 409) && attempt < 10) {
+        await sleep(50 * attempt);
+        continue;
+      }
+      throw new ClusterSetupError(`cannot ${what} node ${name}: ${apiErrorMessage(err)}`);
     }
   }
-  return node;
 }
 
 const NOT_READY_TAINT = 'node.kubernetes.io/not-ready';
