@@ -42,6 +42,7 @@ enum mbr_ct_status {
 /* Drop reasons: Hubble DropReason numbers. 0 = not dropped. */
 enum mbr_drop_reason {
 	MBR_DROP_NONE                = 0,
+	MBR_DROP_INVALID_SOURCE_IP   = 132, /* a pod sent with an address not its own */
 	MBR_DROP_POLICY_DENIED       = 133, /* no allow entry matched */
 	MBR_DROP_INVALID_PACKET      = 134, /* malformed IPv4 header */
 	MBR_DROP_CT_INVALID_HDR      = 135, /* truncated L4 header */

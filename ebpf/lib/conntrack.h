@@ -9,6 +9,9 @@
 #define MEMBRANE_LIB_CONNTRACK_H
 
 #include "common.h"
+#include "abi.h"
+#include "config.h"
+#include "parse.h"
 
 #ifndef MBR_CT_TCP_MAX
 #define MBR_CT_TCP_MAX 524288
@@ -66,5 +69,199 @@ struct {
 	__type(value, struct ct_entry);
 	__uint(max_entries, MBR_CT_ANY_MAX);
 } mbr_ct_any SEC(".maps");
+
+static __always_inline __u8 ct_opposite(__u8 direction)
+{
+	return direction == MBR_TRAFFIC_EGRESS ? MBR_TRAFFIC_INGRESS : MBR_TRAFFIC_EGRESS;
+}
+
+/*
+ * The entry of `key` in the map for `proto`. The two maps are looked up from
+ * two distinct call sites so that the verifier can inline each lookup.
+ */
+static __always_inline struct ct_entry *ct_map_lookup(const struct ct_key *key)
+{
+	if (key->proto == IPPROTO_TCP)
+		return bpf_map_lookup_elem(&mbr_ct_tcp, key);
+	return bpf_map_lookup_elem(&mbr_ct_any, key);
+}
+
+/*
+ * A usable entry: present, not expired, and created by this endpoint (an
+ * entry of another endpoint, e.g. one whose IP this endpoint spoofs or
+ * inherited, never vouches for this endpoint's packets).
+ */
+static __always_inline struct ct_entry *ct_live(const struct ct_key *key, __u32 now, __u16 ep_id)
+{
+	struct ct_entry *e = ct_map_lookup(key);
+
+	if (e && e->expires >= now && e->ep_id == ep_id)
+		return e;
+	return NULL;
+}
+
+static __always_inline void ct_key_set(struct ct_key *k, __be32 s, __be32 d, __be16 sp, __be16 dp,
+				       __u8 proto, __u8 direction)
+{
+	k->saddr = s;
+	k->daddr = d;
+	k->sport = sp;
+	k->dport = dp;
+	k->proto = proto;
+	k->direction = direction;
+	k->pad = 0;
+}
+
+/*
+ * Conntrack lookup of `pkt` seen at `direction` of endpoint `ep_id`
+ * (ebpf/README.md, "Conntrack"): ESTABLISHED (forward), REPLY, RELATED (an
+ * ICMP error quoting a tracked packet) or NEW. *entry is the entry found.
+ */
+static __always_inline __u8 ct_lookup(const struct mbr_pkt *pkt, __u8 direction, __u16 ep_id,
+				      __u32 now, struct ct_entry **entry)
+{
+	struct ct_key k;
+	struct ct_entry *e;
+
+	*entry = NULL;
+	if (pkt->icmp_kind == MBR_ICMP_KIND_OTHER)
+		return MBR_CT_NEW;
+	if (pkt->icmp_kind == MBR_ICMP_KIND_ERROR) {
+		/* The quoted packet went the other way: it is a forward packet of
+		 * a connection created at the opposite direction, or a reply of
+		 * one created at this direction. */
+		ct_key_set(&k, pkt->inner_saddr, pkt->inner_daddr, pkt->inner_sport,
+			   pkt->inner_dport, pkt->inner_proto, ct_opposite(direction));
+		e = ct_live(&k, now, ep_id);
+		if (!e) {
+			ct_key_set(&k, pkt->inner_daddr, pkt->inner_saddr, pkt->inner_dport,
+				   pkt->inner_sport, pkt->inner_proto, direction);
+			e = ct_live(&k, now, ep_id);
+		}
+		if (!e)
+			return MBR_CT_NEW;
+		*entry = e;
+		return MBR_CT_RELATED;
+	}
+
+	ct_key_set(&k, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto, direction);
+	e = ct_live(&k, now, ep_id);
+	if (e) {
+		*entry = e;
+		return MBR_CT_ESTABLISHED;
+	}
+	ct_key_set(&k, pkt->daddr, pkt->saddr, pkt->dport, pkt->sport, pkt->proto,
+		   ct_opposite(direction));
+	e = ct_live(&k, now, ep_id);
+	if (e) {
+		*entry = e;
+		return MBR_CT_REPLY;
+	}
+	return MBR_CT_NEW;
+}
+
+/* Whether the connection is shutting down: an RST seen, or a FIN each way. */
+static __always_inline int ct_tcp_closing(__u8 all_tcp_flags, __u8 ct_flags)
+{
+	return (all_tcp_flags & MBR_TCP_RST) ||
+	       (ct_flags & (MBR_CT_F_FWD_CLOSING | MBR_CT_F_REV_CLOSING)) ==
+		       (MBR_CT_F_FWD_CLOSING | MBR_CT_F_REV_CLOSING);
+}
+
+/* Lifetime in seconds of an entry in the given state. */
+static __always_inline __u32 ct_lifetime(__u8 proto, __u8 all_tcp_flags, __u8 ct_flags,
+					 const struct mbr_settings *cfg)
+{
+	if (proto != IPPROTO_TCP)
+		return cfg->ct_nontcp;
+	if (ct_tcp_closing(all_tcp_flags, ct_flags))
+		return cfg->ct_tcp_close;
+	if (ct_flags & MBR_CT_F_SEEN_REPLY)
+		return cfg->ct_tcp_established;
+	return cfg->ct_tcp_syn;
+}
+
+/*
+ * Whether a forward TCP packet opens a new connection on the tuple of a
+ * finished one (a SYN after FIN/RST): then it goes through policy again.
+ */
+static __always_inline int ct_tcp_reopens(const struct mbr_pkt *pkt, const struct ct_entry *e)
+{
+	return pkt->proto == IPPROTO_TCP &&
+	       (pkt->tcp_flags & (MBR_TCP_SYN | MBR_TCP_ACK)) == MBR_TCP_SYN &&
+	       ((e->fwd_tcp_flags | e->rev_tcp_flags) & MBR_TCP_RST ||
+		(e->flags & (MBR_CT_F_FWD_CLOSING | MBR_CT_F_REV_CLOSING)));
+}
+
+/*
+ * Accounts a packet of an existing connection: counters with atomic adds,
+ * TCP flags and state flags with one atomic OR (only when a bit is new),
+ * lifetime refreshed. `reply` selects the responder's direction.
+ */
+static __always_inline void ct_update(struct ct_entry *e, const struct mbr_pkt *pkt, int reply,
+				      __u32 bytes, __u32 now, const struct mbr_settings *cfg)
+{
+	__u8 closing = (pkt->tcp_flags & (MBR_TCP_FIN | MBR_TCP_RST)) ? 1 : 0;
+	__u32 *word = (__u32 *)&e->fwd_tcp_flags;
+	__u32 old_word, add_word = 0;
+	__u8 *add = (__u8 *)&add_word;
+	__u8 *old;
+	__u32 expires;
+
+	if (reply) {
+		__sync_fetch_and_add(&e->rev_packets, 1);
+		__sync_fetch_and_add(&e->rev_bytes, bytes);
+		add[1] = pkt->tcp_flags;
+		add[2] = MBR_CT_F_SEEN_REPLY | (closing ? MBR_CT_F_REV_CLOSING : 0);
+	} else {
+		__sync_fetch_and_add(&e->fwd_packets, 1);
+		__sync_fetch_and_add(&e->fwd_bytes, bytes);
+		add[0] = pkt->tcp_flags;
+		add[2] = closing ? MBR_CT_F_FWD_CLOSING : 0;
+	}
+	/* fwd_tcp_flags, rev_tcp_flags, flags and pad share one aligned u32
+	 * (offsets 56..59): OR the new bits in atomically. */
+	old_word = *word;
+	if ((old_word | add_word) != old_word)
+		__sync_fetch_and_or(word, add_word);
+	old_word |= add_word;
+	old = (__u8 *)&old_word;
+
+	expires = now + ct_lifetime(pkt->proto, old[0] | old[1], old[2], cfg);
+	if (e->expires != expires)
+		e->expires = expires;
+}
+
+/*
+ * Creates the entry of a new connection whose first packet is `pkt`, seen at
+ * `direction` of endpoint `ep_id`. Overwrites an expired entry of the same
+ * tuple. 0 or the error of the map update.
+ */
+static __always_inline long ct_create(const struct mbr_pkt *pkt, __u8 direction, __u16 ep_id,
+				      __u32 src_identity, __u32 dst_identity, __u8 ct_flags,
+				      __be16 proxy_port, __u32 bytes, __u32 now,
+				      const struct mbr_settings *cfg)
+{
+	struct ct_key k;
+	struct ct_entry e = {};
+
+	ct_key_set(&k, pkt->saddr, pkt->daddr, pkt->sport, pkt->dport, pkt->proto, direction);
+	if (pkt->tcp_flags & (MBR_TCP_FIN | MBR_TCP_RST))
+		ct_flags |= MBR_CT_F_FWD_CLOSING;
+	e.fwd_packets = 1;
+	e.fwd_bytes = bytes;
+	e.created = now;
+	e.last_report = now;
+	e.src_identity = src_identity;
+	e.dst_identity = dst_identity;
+	e.ep_id = ep_id;
+	e.fwd_tcp_flags = pkt->tcp_flags;
+	e.flags = ct_flags;
+	e.proxy_port = proxy_port;
+	e.expires = now + ct_lifetime(pkt->proto, pkt->tcp_flags, ct_flags, cfg);
+	if (pkt->proto == IPPROTO_TCP)
+		return bpf_map_update_elem(&mbr_ct_tcp, &k, &e, BPF_ANY);
+	return bpf_map_update_elem(&mbr_ct_any, &k, &e, BPF_ANY);
+}
 
 #endif /* MEMBRANE_LIB_CONNTRACK_H */

@@ -48,4 +48,19 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mbr_ep_ip SEC(".maps");
 
+/* The endpoint whose host-side veth has `ifindex`, or NULL. */
+static __always_inline struct endpoint_info *endpoint_by_ifindex(__u32 ifindex)
+{
+	return bpf_map_lookup_elem(&mbr_ep_ifindex, &ifindex);
+}
+
+/* The endpoint id of the local endpoint with address `addr`, 0 if none. */
+static __always_inline __u16 endpoint_id_by_ip(__be32 addr)
+{
+	__u32 key = addr;
+	const struct endpoint_info *ep = bpf_map_lookup_elem(&mbr_ep_ip, &key);
+
+	return ep ? ep->ep_id : 0;
+}
+
 #endif /* MEMBRANE_LIB_ENDPOINT_H */

@@ -8,6 +8,7 @@
 #define MEMBRANE_LIB_IPCACHE_H
 
 #include "common.h"
+#include "abi.h"
 
 #ifndef MBR_IPCACHE_MAX
 #define MBR_IPCACHE_MAX 512000
@@ -32,5 +33,14 @@ struct {
 	__uint(max_entries, MBR_IPCACHE_MAX);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mbr_ipcache SEC(".maps");
+
+/* The security identity of `addr`: longest matching prefix, world on a miss. */
+static __always_inline __u32 ipcache_identity(__be32 addr)
+{
+	struct ipcache_key key = { .prefixlen = 32, .addr = addr };
+	const struct ipcache_entry *entry = bpf_map_lookup_elem(&mbr_ipcache, &key);
+
+	return entry ? entry->identity : MBR_ID_WORLD;
+}
 
 #endif /* MEMBRANE_LIB_IPCACHE_H */

@@ -30,4 +30,31 @@ struct {
 	__uint(max_entries, 1024);
 } mbr_metrics SEC(".maps");
 
+/*
+ * Adds one packet of `bytes` bytes to {reason, direction}. Per-CPU values:
+ * no other CPU writes this slot, so plain adds suffice. Never fails the
+ * packet: with the map full, the packet goes uncounted.
+ */
+static __always_inline void metrics_add(__u8 reason, __u8 direction, __u32 bytes)
+{
+	struct metrics_key key = { .reason = reason, .direction = direction, .pad = 0 };
+	struct metrics_value *value;
+	struct metrics_value first = { .packets = 1, .bytes = bytes };
+
+	value = bpf_map_lookup_elem(&mbr_metrics, &key);
+	if (value) {
+		value->packets += 1;
+		value->bytes += bytes;
+		return;
+	}
+	if (bpf_map_update_elem(&mbr_metrics, &key, &first, BPF_NOEXIST) == -EEXIST) {
+		/* Created by another CPU since our lookup; our slot in it is zero. */
+		value = bpf_map_lookup_elem(&mbr_metrics, &key);
+		if (value) {
+			value->packets += 1;
+			value->bytes += bytes;
+		}
+	}
+}
+
 #endif /* MEMBRANE_LIB_METRICS_H */

@@ -9,6 +9,7 @@
 #define MEMBRANE_LIB_POLICY_H
 
 #include "common.h"
+#include "abi.h"
 
 #ifndef MBR_POLICY_MAX
 #define MBR_POLICY_MAX 65536
@@ -49,5 +50,84 @@ struct {
 	__uint(max_entries, MBR_POLICY_MAX);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mbr_policy SEC(".maps");
+
+/* The outcome of a policy decision. */
+struct policy_result {
+	__u8  action;             /* MBR_POLICY_ALLOW / _DENY / _REDIRECT, 0 = nothing matched */
+	__u8  drop_reason;        /* MBR_DROP_POLICY_DENY / _DENIED when not allowed, else 0 */
+	__be16 proxy_port;        /* for MBR_POLICY_REDIRECT */
+	__u32 cookie;             /* the deciding entry's cookie; 0 when nothing matched */
+};
+
+static __always_inline void policy_take(struct policy_result *r, const struct policy_entry *e)
+{
+	r->action = e->action;
+	r->proxy_port = e->proxy_port;
+	r->cookie = e->cookie;
+}
+
+/*
+ * Decides a new connection of endpoint `ep_id` in `direction` with a peer of
+ * identity `peer`, protocol `proto` and policy port `port` (network order;
+ * the ICMP type for ICMP). Two longest-prefix lookups, the peer's identity
+ * then "any peer" (0), combined as deny > redirect (peer-specific first) >
+ * allow > nothing (default deny). A deny from the first lookup decides
+ * without the second.
+ */
+static __always_inline void policy_decide(__u16 ep_id, __u8 direction, __u32 peer, __u8 proto,
+					  __be16 port, struct policy_result *r)
+{
+	struct policy_key key = {
+		.prefixlen = MBR_POLICY_PREFIX_FULL,
+		.ep_id = ep_id,
+		.direction = direction,
+		.pad0 = 0,
+		.identity = peer,
+		.proto = proto,
+		.pad1 = 0,
+		.dport = port,
+	};
+	const struct policy_entry *specific, *any = NULL;
+
+	r->action = 0;
+	r->drop_reason = 0;
+	r->proxy_port = 0;
+	r->cookie = 0;
+
+	specific = bpf_map_lookup_elem(&mbr_policy, &key);
+	if (specific && specific->action == MBR_POLICY_DENY)
+		goto deny_specific;
+	if (peer != MBR_ID_UNKNOWN) {
+		key.identity = MBR_ID_UNKNOWN;
+		any = bpf_map_lookup_elem(&mbr_policy, &key);
+		if (any && any->action == MBR_POLICY_DENY) {
+			policy_take(r, any);
+			r->drop_reason = MBR_DROP_POLICY_DENY;
+			return;
+		}
+	}
+	if (specific && specific->action == MBR_POLICY_REDIRECT) {
+		policy_take(r, specific);
+		return;
+	}
+	if (any && any->action == MBR_POLICY_REDIRECT) {
+		policy_take(r, any);
+		return;
+	}
+	if (specific && specific->action == MBR_POLICY_ALLOW) {
+		policy_take(r, specific);
+		return;
+	}
+	if (any && any->action == MBR_POLICY_ALLOW) {
+		policy_take(r, any);
+		return;
+	}
+	r->drop_reason = MBR_DROP_POLICY_DENIED;
+	return;
+
+deny_specific:
+	policy_take(r, specific);
+	r->drop_reason = MBR_DROP_POLICY_DENY;
+}
 
 #endif /* MEMBRANE_LIB_POLICY_H */

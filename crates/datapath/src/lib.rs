@@ -16,8 +16,10 @@
 //! process.
 
 pub mod attach;
+pub mod batch;
 pub mod bpffs;
 pub mod btf;
+pub mod ct_gc;
 pub mod error;
 pub mod layout;
 pub mod loader;

@@ -14,6 +14,7 @@ pub mod config;
 pub mod conntrack;
 pub mod endpoint;
 pub mod events;
+pub mod fragments;
 pub mod ipcache;
 pub mod metrics;
 pub mod packet_counter;
@@ -37,6 +38,7 @@ pub fn map_bindings() -> Vec<MapBinding> {
         metrics::binding(),
         config::binding(),
         events::binding(),
+        fragments::binding(),
     ];
     all.extend(endpoint::bindings());
     all.extend(conntrack::bindings());
@@ -59,6 +61,8 @@ pub fn mirrored_types() -> Vec<TypeLayout> {
         metrics::MetricsValue::layout(),
         config::DatapathConfig::layout(),
         events::FlowEvent::layout(),
+        fragments::FragKey::layout(),
+        fragments::FragEntry::layout(),
     ]
 }
 
