@@ -10,6 +10,31 @@
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
 /**
+ * Reads the flow events of the datapath pinned under a pin directory.
+ * `read()` calls are served one at a time; each waits at most its timeout
+ * on a thread-pool thread.
+ */
+export declare class FlowReader {
+  /**
+   * Opens the `mbr_events` ring buffer pinned under `pinDir`. Throws with
+   * code `ENOENT` when nothing is pinned there.
+   */
+  static open(pinDir: string, bpffsRoot?: string | undefined | null): FlowReader
+  /**
+   * Decoded flows: up to `max`, waiting up to `timeoutMs` for the first
+   * when none is buffered (an empty batch after the timeout).
+   */
+  read(max: number, timeoutMs: number): Promise<FlowBatch>
+  /** Counters so far. */
+  stats(): FlowReaderStats
+  /**
+   * Releases the ring buffer (after a read in progress finishes). Reads
+   * after close reject with `EBADF`.
+   */
+  close(): void
+}
+
+/**
  * Attaches the packet counter to the ingress and egress tc hooks of
  * `options.iface` and pins everything under `options.pinDir`, so that the
  * attachment outlives this process. Loads the programs on first use and
@@ -50,6 +75,68 @@ export interface AttachPacketCounterResult {
 }
 
 /**
+ * One conntrack garbage collection over `mbr_ct_tcp` and `mbr_ct_any`
+ * pinned under `pinDir`: deletes entries whose `expires` is before `now`
+ * (re-checking each right before its delete, so an entry the datapath
+ * refreshed meanwhile is kept).
+ */
+export declare function ctGc(options: CtGcOptions): Promise<CtGcReport>
+
+/** Options of `ctGc`. */
+export interface CtGcOptions {
+  /** Pin directory. */
+  pinDir: string
+  /** Where bpffs is mounted. Default `/sys/fs/bpf`. */
+  bpffsRoot?: string
+  /** CLOCK_MONOTONIC seconds to compare `expires` with; default now. */
+  now?: number
+}
+
+/** Counts of one IP protocol. */
+export interface CtGcProtoReport {
+  /** IP protocol number. */
+  proto: number
+  /** `TCP`, `UDP`, `ICMP`, ... */
+  name: string
+  /** Entries scanned. */
+  scanned: number
+  /** Entries deleted. */
+  deleted: number
+}
+
+/** Result of `ctGc`. */
+export interface CtGcReport {
+  /** The CLOCK_MONOTONIC seconds used. */
+  now: number
+  /** Entries scanned. */
+  scanned: number
+  /** Entries deleted. */
+  deleted: number
+  /** Duration of the pass, milliseconds. */
+  durationMs: number
+  /** Per table. */
+  tables: Array<CtGcTableReport>
+  /** Per IP protocol. */
+  byProto: Array<CtGcProtoReport>
+}
+
+/** One CT table's part of a collection. */
+export interface CtGcTableReport {
+  /** `tcp` or `any`. */
+  table: 'tcp' | 'any'
+  /** Entries scanned. */
+  scanned: number
+  /** Seen expired by the scan. */
+  expired: number
+  /** Deleted. */
+  deleted: number
+  /** Live again at the re-check: kept. */
+  refreshed: number
+  /** Gone before the delete. */
+  vanished: number
+}
+
+/**
  * Versions, the running kernel, and the eBPF objects embedded in the addon
  * with their programs and maps. No kernel I/O beyond `uname`.
  */
@@ -86,6 +173,13 @@ export interface DatapathObjectInfo {
 }
 
 /**
+ * Decodes packed raw `struct flow_event` records (64 bytes each, as the
+ * datapath writes them) through the reader's decoder into a `FlowBatch`.
+ * Malformed records are skipped and counted.
+ */
+export declare function decodeFlowEvents(records: Buffer): Promise<FlowBatch>
+
+/**
  * Detaches the packet counter from `options.iface`, or from every
  * interface when `iface` is omitted, removing the link pins. Once no
  * interface has it attached, the programs and the counters map are unpinned
@@ -111,6 +205,43 @@ export interface DetachPacketCounterResult {
   removed: Array<string>
 }
 
+/** One field of a C struct. */
+export interface FieldLayoutInfo {
+  /** C member name. */
+  name: string
+  /** Byte offset. */
+  offset: number
+  /** Byte size. */
+  size: number
+}
+
+/** A batch of decoded flows. */
+export interface FlowBatch {
+  /** Flows in `records`. */
+  count: number
+  /** `count` records of `recordSize` bytes (layout: `CompactFlow`). */
+  records: Buffer
+  /** Bytes per record (64). */
+  recordSize: number
+  /** Records skipped as malformed while reading this batch. */
+  malformed: number
+  /**
+   * Time spent reading and decoding on the Rust side, nanoseconds
+   * (includes waiting for the first record when the buffer was empty).
+   */
+  decodeNs: number
+}
+
+/** Counters of a reader. */
+export interface FlowReaderStats {
+  /** Records decoded since the reader was opened. */
+  decoded: number
+  /** Records skipped as malformed. */
+  malformed: number
+  /** The last malformation, if any. */
+  lastMalformed?: string
+}
+
 /** The packet counter's attachments recorded under `pinDir` (empty if none). */
 export declare function listPacketCounterAttachments(pinDir: string, bpffsRoot?: string | undefined | null): Promise<Array<TcAttachmentInfo>>
 
@@ -119,6 +250,111 @@ export declare function listPacketCounterAttachments(pinDir: string, bpffsRoot?:
  * attached them, in run order.
  */
 export declare function listTcxPrograms(iface: string): Promise<Array<TcxProgramInfo>>
+
+/**
+ * Deletes packed `keys` from a pinned map in batches; keys not present are
+ * counted as `missing`, not errors.
+ */
+export declare function mapDelete(target: MapTarget, keys: Buffer): Promise<MapDeleteResult>
+
+/** Result of `mapDelete`. */
+export interface MapDeleteResult {
+  /** Entries removed. */
+  deleted: number
+  /** Keys that were not in the map. */
+  missing: number
+  /** Time spent in the kernel calls, nanoseconds. */
+  elapsedNs: number
+}
+
+/** Every entry of a pinned map (`BPF_MAP_LOOKUP_BATCH` chunks). */
+export declare function mapDump(target: MapTarget): Promise<MapDumpResult>
+
+/** Result of `mapDump`. */
+export interface MapDumpResult {
+  /** Packed keys, `keySize` bytes each. */
+  keys: Buffer
+  /** Packed values, `valueStride` bytes each. */
+  values: Buffer
+  /** Entries. */
+  count: number
+  /** Bytes per key. */
+  keySize: number
+  /** Bytes per value (per-CPU maps: rounded up to 8, times the number of possible CPUs). */
+  valueStride: number
+  /** Time spent in the kernel calls, nanoseconds. */
+  elapsedNs: number
+}
+
+/** A map of the datapath and its key and value layouts. */
+export interface MapLayoutInfo {
+  /** Map name. */
+  name: string
+  /** `BPF_MAP_TYPE_*` name, e.g. `LpmTrie`. */
+  mapType: string
+  /** Whether values are per CPU. */
+  perCpu: boolean
+  /** Key layout. */
+  key: TypeLayoutInfo
+  /** Value layout. */
+  value: TypeLayoutInfo
+}
+
+/**
+ * The maps of the datapath with their key and value layouts, from the Rust
+ * mirrors that the BTF layout check keeps equal to the C structs. The
+ * TypeScript codecs check themselves against this.
+ */
+export declare function mapLayouts(): Array<MapLayoutInfo>
+
+/**
+ * Looks up packed `keys` (one syscall per key, all in one call). On LPM
+ * tries this is the datapath's longest-prefix match capped at each key's
+ * prefix length.
+ */
+export declare function mapLookup(target: MapTarget, keys: Buffer): Promise<MapLookupResult>
+
+/** Result of `mapLookup`. */
+export interface MapLookupResult {
+  /** One value per key (zeros where not found), `valueStride` bytes each. */
+  values: Buffer
+  /** One byte per key: 1 found, 0 not. */
+  found: Buffer
+  /** Keys found. */
+  count: number
+  /** Bytes per value. */
+  valueStride: number
+}
+
+/** Which pinned map a batch call works on. */
+export interface MapTarget {
+  /** Pin directory, e.g. `/sys/fs/bpf/membrane`. */
+  pinDir: string
+  /** Map name, e.g. `mbr_policy` (see `mapLayouts()`). */
+  map: string
+  /** Where bpffs is mounted. Default `/sys/fs/bpf`. */
+  bpffsRoot?: string
+}
+
+/**
+ * Writes `keys[i] -> values[i]` into a pinned map in batches
+ * (`BPF_MAP_UPDATE_BATCH`, per entry where the map type refuses batches).
+ * `keys` and `values` are packed structs. `flags`: 0 any (default), 1 only
+ * create, 2 only replace. A failure rejects with the errno as `code`, the
+ * map in `object`, and `done` / `total` entries.
+ */
+export declare function mapUpdate(target: MapTarget, keys: Buffer, values: Buffer, flags?: number | undefined | null): Promise<MapUpdateResult>
+
+/** Result of `mapUpdate`. */
+export interface MapUpdateResult {
+  /** Entries written. */
+  written: number
+  /** Time spent in the kernel calls (Rust side), nanoseconds. */
+  elapsedNs: number
+}
+
+/** CLOCK_MONOTONIC in seconds: the clock of conntrack's `expires`. */
+export declare function monotonicSeconds(): number
 
 /** Packets and bytes seen at one hook of one interface, summed over CPUs. */
 export interface PacketCounter {
@@ -132,6 +368,18 @@ export interface PacketCounter {
   bytes: bigint
 }
 
+/** Options of `testOnlyPinDatapathMaps`. */
+export interface PinMapsOptions {
+  /** Pin directory (created). */
+  pinDir: string
+  /** Where bpffs is mounted. Default `/sys/fs/bpf`. */
+  bpffsRoot?: string
+  /** `max_entries` of `mbr_ct_tcp` and `mbr_ct_any` (default: the object's). */
+  ctEntries?: number
+  /** `max_entries` of `mbr_policy` (default: the object's). */
+  policyEntries?: number
+}
+
 /**
  * Reads every packet counter from the map pinned under `pinDir`, summed
  * over CPUs, sorted by ifindex then direction. Needs only the pins: any
@@ -139,6 +387,34 @@ export interface PacketCounter {
  * nothing is pinned there.
  */
 export declare function readPacketCounters(pinDir: string, bpffsRoot?: string | undefined | null): Promise<Array<PacketCounter>>
+
+/** One kind of event for `testOnlyEmitFlowEvents`. */
+export interface SyntheticEventSpec {
+  /** 1 drop, 4 trace, 5 policy verdict. */
+  eventType: number
+  /** 1 forwarded, 2 dropped, 4 audit, 5 redirected. */
+  verdict: number
+  /** Drop reason (0 none). */
+  dropReason?: number
+  /** 0 new, 1 established, 2 reply, 3 related. */
+  ctStatus?: number
+  /** 1 ingress, 2 egress. */
+  direction?: number
+  /** Source identity, 1000..=1255 (default 1064). */
+  srcIdentity?: number
+  /** Source IPv4, dotted. */
+  source: string
+  /** Destination IPv4, dotted. */
+  destination: string
+  /** TCP source port. */
+  sourcePort: number
+  /** TCP destination port. */
+  destinationPort: number
+  /** TCP flags byte (default SYN). */
+  tcpFlags?: number
+  /** How many identical events (default 1). */
+  count?: number
+}
 
 /** One program attached to one hook of one interface. */
 export interface TcAttachmentInfo {
@@ -162,4 +438,37 @@ export interface TcxProgramInfo {
   id: number
   /** Kernel program name. */
   name: string
+}
+
+/**
+ * TEST ONLY: writes real flow events into the `mbr_events` ring buffer
+ * pinned under `pinDir` (created and pinned if absent) by running the
+ * fixture program `ebpf/test_flow_events.c` with BPF_PROG_TEST_RUN on a
+ * crafted packet per spec. Resolves to the number of events written. No
+ * interface is touched.
+ */
+export declare function testOnlyEmitFlowEvents(pinDir: string, events: Array<SyntheticEventSpec>, bpffsRoot?: string | undefined | null): Promise<number>
+
+/**
+ * TEST ONLY: creates and pins every map of `bpf_lxc` under `pinDir`
+ * without attaching anything (what the node loader does before it
+ * attaches), so tests and benchmarks can exercise the batch calls on real
+ * pinned maps. Remove the pin directory to free them.
+ */
+export declare function testOnlyPinDatapathMaps(options: PinMapsOptions): Promise<Array<string>>
+
+/**
+ * TEST ONLY: `count` synthetic raw `flow_event` records (deterministic per
+ * `seed`), for benchmarks and tests of `decodeFlowEvents` without traffic.
+ */
+export declare function testOnlySyntheticFlowEvents(count: number, seed?: number | undefined | null): Buffer
+
+/** A key or value type. */
+export interface TypeLayoutInfo {
+  /** C type name (`policy_key`, `__u32`). */
+  cName: string
+  /** Size in bytes (one CPU's slot for per-CPU values). */
+  size: number
+  /** Fields (empty for scalars). */
+  fields: Array<FieldLayoutInfo>
 }

@@ -773,11 +773,23 @@ if (
   }
 }
 
-const { attachPacketCounter, datapathInfo, detachPacketCounter, listPacketCounterAttachments, listTcxPrograms, readPacketCounters } = nativeBinding
+const { FlowReader, attachPacketCounter, ctGc, datapathInfo, decodeFlowEvents, detachPacketCounter, listPacketCounterAttachments, listTcxPrograms, mapDelete, mapDump, mapLayouts, mapLookup, mapUpdate, monotonicSeconds, readPacketCounters, testOnlyEmitFlowEvents, testOnlyPinDatapathMaps, testOnlySyntheticFlowEvents } = nativeBinding
+export { FlowReader }
 export { attachPacketCounter }
+export { ctGc }
 export { datapathInfo }
+export { decodeFlowEvents }
 export { detachPacketCounter }
 export { listPacketCounterAttachments }
 export { listTcxPrograms }
+export { mapDelete }
+export { mapDump }
+export { mapLayouts }
+export { mapLookup }
+export { mapUpdate }
+export { monotonicSeconds }
 export { readPacketCounters }
+export { testOnlyEmitFlowEvents }
+export { testOnlyPinDatapathMaps }
+export { testOnlySyntheticFlowEvents }
 export const __napiBindingTarget = __napiLoadedBindingTarget

@@ -23,12 +23,11 @@
 #include "lib/ipcache.h"
 #include "lib/policy.h"
 #include "lib/config.h"
+#include "lib/clock.h"
 #include "lib/conntrack.h"
 #include "lib/fragments.h"
 #include "lib/metrics.h"
 #include "lib/events.h"
-
-#define MBR_NSEC_PER_SEC 1000000000ULL
 
 /* Everything the steps of one packet share. */
 struct mbr_ctx {
@@ -42,68 +41,60 @@ struct mbr_ctx {
 	__u8 parsed;              /* pkt holds at least the IP addresses */
 };
 
-/* Fills identities and endpoint ids of an event: the local side is the
- * endpoint, the other side the peer. */
-static __always_inline void fill_sides(const struct mbr_ctx *c, struct mbr_event_info *info,
-				       __u32 peer_identity)
+/* Starts the event(s) about the current packet. */
+static __always_inline void event_start(const struct mbr_ctx *c, struct mbr_event_info *info,
+					__u32 peer_identity)
 {
-	__u16 peer_ep = 0;
-
-	if (c->parsed)
-		peer_ep = endpoint_id_by_ip(c->dir == MBR_TRAFFIC_EGRESS ? c->pkt.daddr :
-									   c->pkt.saddr);
-	if (c->dir == MBR_TRAFFIC_EGRESS) {
-		info->src_identity = c->ep->identity;
-		info->dst_identity = peer_identity;
-		info->src_ep = c->ep->ep_id;
-		info->dst_ep = peer_ep;
-	} else {
-		info->src_identity = peer_identity;
-		info->dst_identity = c->ep->identity;
-		info->src_ep = peer_ep;
-		info->dst_ep = c->ep->ep_id;
-	}
+	__builtin_memset(info, 0, sizeof(*info));
+	info->direction = c->dir;
+	info->local_identity = c->ep->identity;
+	info->local_ep = c->ep->ep_id;
+	info->peer_identity = peer_identity;
 }
 
-static __always_inline void emit(const struct mbr_ctx *c, __u8 type, __u8 verdict, __u8 reason,
-				 __u8 ct_status, __u8 flags, __u32 peer_identity, __u32 cookie,
-				 __be16 proxy_port)
+/* Sends the event(s) started with event_start: one of `type`, and the
+ * second one set in info->then_* if any. */
+static __always_inline void event_send(const struct mbr_ctx *c, struct mbr_event_info *info,
+				       __u8 type, __u8 verdict, __u8 reason)
 {
-	struct mbr_event_info info = {
-		.policy_cookie = cookie,
-		.proxy_port = proxy_port,
-		.event_type = type,
-		.verdict = verdict,
-		.drop_reason = reason,
-		.direction = c->dir,
-		.ct_status = ct_status,
-		.flags = flags,
-	};
-
-	fill_sides(c, &info, peer_identity);
-	event_emit(c->skb, c->parsed ? &c->pkt : NULL, &info);
+	info->event_type = type;
+	info->verdict = verdict;
+	info->drop_reason = reason;
+	event_emit(c->skb, c->parsed ? &c->pkt : NULL, info);
 }
 
-static __always_inline int pass(const struct mbr_ctx *c)
+/*
+ * The steps below return what happens to the packet: MBR_DROP_NONE to pass
+ * it, a drop reason to drop it, MBR_NOT_AN_ENDPOINT to pass it as no
+ * endpoint's. The entry points turn that into the tc verdict and count the
+ * packet once, at a single exit.
+ */
+#define MBR_NOT_AN_ENDPOINT 0x100
+
+static __always_inline int pass(const struct mbr_ctx *c __attribute__((unused)))
 {
-	metrics_add(MBR_DROP_NONE, c->dir, c->len);
-	return MBR_TC_PASS_ON;
+	return MBR_DROP_NONE;
 }
 
-/* Drops the packet for `reason` (not a policy decision): one DROP event. */
+/* Drops the packet for a reason that is not a policy decision: one DROP event. */
 static __always_inline int drop(const struct mbr_ctx *c, __u8 reason, __u32 peer_identity)
 {
-	emit(c, MBR_EVENT_DROP, MBR_VERDICT_DROPPED, reason, MBR_CT_NEW, 0, peer_identity, 0, 0);
-	metrics_add(reason, c->dir, c->len);
-	return TC_ACT_SHOT;
+	struct mbr_event_info info;
+
+	event_start(c, &info, peer_identity);
+	event_send(c, &info, MBR_EVENT_DROP, MBR_VERDICT_DROPPED, reason);
+	return reason;
 }
 
 /* A drop that policy enforcement decides (unsupported L3, fragments without
  * state): passed and reported as AUDIT for an endpoint in audit mode. */
 static __always_inline int enforce_drop(const struct mbr_ctx *c, __u8 reason)
 {
+	struct mbr_event_info info;
+
 	if (c->audit) {
-		emit(c, MBR_EVENT_POLICY_VERDICT, MBR_VERDICT_AUDIT, reason, MBR_CT_NEW, 0, 0, 0, 0);
+		event_start(c, &info, 0);
+		event_send(c, &info, MBR_EVENT_POLICY_VERDICT, MBR_VERDICT_AUDIT, reason);
 		return pass(c);
 	}
 	return drop(c, reason, 0);
@@ -121,12 +112,21 @@ static __always_inline int handle_tracked(struct mbr_ctx *c, struct ct_entry *e,
 
 	if (now - last >= cfg->report_interval &&
 	    __sync_val_compare_and_swap(&e->last_report, last, now) == last) {
-		__u32 peer = e->src_identity == c->ep->identity ? e->dst_identity : e->src_identity;
+		/* Whether the endpoint initiated the connection: known from the
+		 * lookup that hit, except for RELATED (either lookup). */
+		int local_initiator = status == MBR_CT_ESTABLISHED ? c->dir == MBR_TRAFFIC_EGRESS :
+				      status == MBR_CT_REPLY       ? c->dir == MBR_TRAFFIC_INGRESS :
+								     e->src_identity == c->ep->identity;
+		__u32 peer = local_initiator ? e->dst_identity : e->src_identity;
 		__u8 verdict = (e->flags & MBR_CT_F_PROXY_REDIRECT) ? MBR_VERDICT_REDIRECTED :
 								      MBR_VERDICT_FORWARDED;
+		struct mbr_event_info info;
 
-		emit(c, MBR_EVENT_TRACE, verdict, 0, status,
-		     status == MBR_CT_REPLY ? MBR_EV_F_IS_REPLY : 0, peer, 0, e->proxy_port);
+		event_start(c, &info, peer);
+		info.ct_status = status;
+		info.flags = status == MBR_CT_REPLY ? MBR_EV_F_IS_REPLY : 0;
+		info.proxy_port = e->proxy_port;
+		event_send(c, &info, MBR_EVENT_TRACE, verdict, 0);
 	}
 	if (c->pkt.frag == MBR_FRAG_FIRST)
 		frag_remember(&c->pkt);
@@ -138,10 +138,10 @@ static __always_inline int handle_tracked(struct mbr_ctx *c, struct ct_entry *e,
 static __always_inline int handle_new(struct mbr_ctx *c, __u32 now, const struct mbr_settings *cfg)
 {
 	const struct endpoint_info *ep = c->ep;
+	struct mbr_event_info info;
 	struct policy_result r = {};
-	__u8 verdict = MBR_VERDICT_FORWARDED;
+	__u8 verdict = MBR_VERDICT_FORWARDED, trace_verdict;
 	__u8 ct_flags = 0;
-	__be16 proxy_port = 0;
 	__u32 peer, src_id, dst_id;
 
 	peer = ipcache_identity(c->dir == MBR_TRAFFIC_EGRESS ? c->pkt.daddr : c->pkt.saddr);
@@ -150,15 +150,22 @@ static __always_inline int handle_new(struct mbr_ctx *c, __u32 now, const struct
 		policy_decide(ep->ep_id, c->dir, peer, c->pkt.proto, c->pkt.policy_port, &r);
 		if (r.drop_reason) {
 			if (!c->audit) {
-				emit(c, MBR_EVENT_POLICY_VERDICT, MBR_VERDICT_DROPPED, r.drop_reason,
-				     MBR_CT_NEW, 0, peer, r.cookie, 0);
-				return drop(c, r.drop_reason, peer);
+				/* The policy verdict, then the drop. */
+				event_start(c, &info, peer);
+				info.policy_cookie = r.cookie;
+				info.then_type = MBR_EVENT_DROP;
+				info.then_verdict = MBR_VERDICT_DROPPED;
+				info.then_reason = r.drop_reason;
+				event_send(c, &info, MBR_EVENT_POLICY_VERDICT, MBR_VERDICT_DROPPED,
+					   r.drop_reason);
+				return r.drop_reason;
 			}
 			verdict = MBR_VERDICT_AUDIT;
 		} else if (r.action == MBR_POLICY_REDIRECT) {
 			verdict = MBR_VERDICT_REDIRECTED;
-			proxy_port = r.proxy_port;
 			ct_flags = MBR_CT_F_PROXY_REDIRECT;
+		} else {
+			r.proxy_port = 0;
 		}
 	}
 
@@ -172,17 +179,25 @@ static __always_inline int handle_new(struct mbr_ctx *c, __u32 now, const struct
 			src_id = peer;
 			dst_id = ep->identity;
 		}
-		if (ct_create(&c->pkt, c->dir, ep->ep_id, src_id, dst_id, ct_flags, proxy_port,
+		if (ct_create(&c->pkt, c->dir, ep->ep_id, src_id, dst_id, ct_flags, r.proxy_port,
 			      c->len, now, cfg) < 0)
 			return drop(c, MBR_DROP_CT_MAP_INSERT_FAIL, peer);
 	}
 
-	if (c->enforced)
-		emit(c, MBR_EVENT_POLICY_VERDICT, verdict, verdict == MBR_VERDICT_AUDIT ? r.drop_reason : 0,
-		     MBR_CT_NEW, 0, peer, r.cookie, proxy_port);
-	emit(c, MBR_EVENT_TRACE,
-	     verdict == MBR_VERDICT_REDIRECTED ? MBR_VERDICT_REDIRECTED : MBR_VERDICT_FORWARDED, 0,
-	     MBR_CT_NEW, 0, peer, r.cookie, proxy_port);
+	/* Where policy applies, its verdict, then the trace of the forward. */
+	event_start(c, &info, peer);
+	info.policy_cookie = r.cookie;
+	info.proxy_port = r.proxy_port;
+	trace_verdict = verdict == MBR_VERDICT_REDIRECTED ? MBR_VERDICT_REDIRECTED :
+							    MBR_VERDICT_FORWARDED;
+	if (c->enforced) {
+		info.then_type = MBR_EVENT_TRACE;
+		info.then_verdict = trace_verdict;
+		event_send(c, &info, MBR_EVENT_POLICY_VERDICT, verdict,
+			   verdict == MBR_VERDICT_AUDIT ? r.drop_reason : 0);
+	} else {
+		event_send(c, &info, MBR_EVENT_TRACE, trace_verdict, 0);
+	}
 	if (c->pkt.frag == MBR_FRAG_FIRST)
 		frag_remember(&c->pkt);
 	return pass(c);
@@ -199,11 +214,9 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	int reason;
 
 	ep = endpoint_by_ifindex(skb->ifindex);
-	if (!ep) {
+	if (!ep)
 		/* Not an endpoint's veth: never attached so by the agent. */
-		metrics_add(MBR_DROP_NONE, MBR_TRAFFIC_UNKNOWN, c.len);
-		return MBR_TC_PASS_ON;
-	}
+		return MBR_NOT_AN_ENDPOINT;
 	c.ep = ep;
 	c.enforced = (ep->flags & (dir == MBR_TRAFFIC_EGRESS ? MBR_EP_F_EGRESS_ENFORCED :
 							       MBR_EP_F_INGRESS_ENFORCED)) != 0;
@@ -239,7 +252,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	}
 
 	config_load(&cfg);
-	now = bpf_ktime_get_coarse_ns() / MBR_NSEC_PER_SEC;
+	now = clock_now();
 
 	status = ct_lookup(&c.pkt, dir, ep->ep_id, now, &e);
 	if (e && status != MBR_CT_NEW &&
@@ -248,18 +261,29 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	return handle_new(&c, now, &cfg);
 }
 
+/* The single exit: count the packet under its reason, return the verdict. */
+static __always_inline int finish(struct __sk_buff *skb, __u8 dir, int outcome)
+{
+	if (outcome == MBR_NOT_AN_ENDPOINT) {
+		metrics_add(MBR_DROP_NONE, MBR_TRAFFIC_UNKNOWN, skb->len);
+		return MBR_TC_PASS_ON;
+	}
+	metrics_add((__u8)outcome, dir, skb->len);
+	return outcome == MBR_DROP_NONE ? MBR_TC_PASS_ON : TC_ACT_SHOT;
+}
+
 /* tc ingress of the host-side veth: packets leaving the pod. */
 SEC(MBR_SECTION_TC_INGRESS)
 int mbr_from_cont(struct __sk_buff *skb)
 {
-	return handle(skb, MBR_TRAFFIC_EGRESS);
+	return finish(skb, MBR_TRAFFIC_EGRESS, handle(skb, MBR_TRAFFIC_EGRESS));
 }
 
 /* tc egress of the host-side veth: packets entering the pod. */
 SEC(MBR_SECTION_TC_EGRESS)
 int mbr_to_cont(struct __sk_buff *skb)
 {
-	return handle(skb, MBR_TRAFFIC_INGRESS);
+	return finish(skb, MBR_TRAFFIC_INGRESS, handle(skb, MBR_TRAFFIC_INGRESS));
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

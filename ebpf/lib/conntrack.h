@@ -76,14 +76,25 @@ static __always_inline __u8 ct_opposite(__u8 direction)
 }
 
 /*
- * The entry of `key` in the map for `proto`. The two maps are looked up from
- * two distinct call sites so that the verifier can inline each lookup.
+ * The entry of `key` in the map for its protocol.
+ *
+ * Each map must have call sites of its own: were clang to merge the two
+ * lookups into one call with a selected map pointer (it does, to shrink
+ * code), the verifier would see two maps at one call and fall back to the
+ * generic, indirect lookup instead of inlining it. The empty asm after one
+ * of them makes the two branches differ at their ends, which stops the merge.
  */
 static __always_inline struct ct_entry *ct_map_lookup(const struct ct_key *key)
 {
-	if (key->proto == IPPROTO_TCP)
-		return bpf_map_lookup_elem(&mbr_ct_tcp, key);
-	return bpf_map_lookup_elem(&mbr_ct_any, key);
+	struct ct_entry *e;
+
+	if (key->proto == IPPROTO_TCP) {
+		e = bpf_map_lookup_elem(&mbr_ct_tcp, key);
+		barrier_var(e);
+	} else {
+		e = bpf_map_lookup_elem(&mbr_ct_any, key);
+	}
+	return e;
 }
 
 /*
@@ -259,9 +270,15 @@ static __always_inline long ct_create(const struct mbr_pkt *pkt, __u8 direction,
 	e.flags = ct_flags;
 	e.proxy_port = proxy_port;
 	e.expires = now + ct_lifetime(pkt->proto, pkt->tcp_flags, ct_flags, cfg);
-	if (pkt->proto == IPPROTO_TCP)
-		return bpf_map_update_elem(&mbr_ct_tcp, &k, &e, BPF_ANY);
-	return bpf_map_update_elem(&mbr_ct_any, &k, &e, BPF_ANY);
+	long err;
+
+	if (pkt->proto == IPPROTO_TCP) {
+		err = bpf_map_update_elem(&mbr_ct_tcp, &k, &e, BPF_ANY);
+		barrier_var(err); /* see ct_map_lookup */
+	} else {
+		err = bpf_map_update_elem(&mbr_ct_any, &k, &e, BPF_ANY);
+	}
+	return err;
 }
 
 #endif /* MEMBRANE_LIB_CONNTRACK_H */

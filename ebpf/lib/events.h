@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "abi.h"
+#include "endpoint.h"
 #include "metrics.h"
 #include "parse.h"
 
@@ -61,18 +62,23 @@ struct {
 
 /* What an event says beyond the packet itself. */
 struct mbr_event_info {
-	__u32 src_identity;
-	__u32 dst_identity;
-	__u16 src_ep;
-	__u16 dst_ep;
+	__u32 local_identity;     /* the endpoint's */
+	__u32 peer_identity;
 	__u32 policy_cookie;
+	__u16 local_ep;
 	__be16 proxy_port;
-	__u8  event_type;         /* enum mbr_event_type */
-	__u8  verdict;            /* enum mbr_verdict */
-	__u8  drop_reason;
 	__u8  direction;          /* enum mbr_traffic_direction */
 	__u8  ct_status;
 	__u8  flags;              /* MBR_EV_F_* */
+	__u8  event_type;         /* enum mbr_event_type */
+	__u8  verdict;            /* enum mbr_verdict */
+	__u8  drop_reason;
+	/* A second event about the same packet (a policy verdict is followed by
+	 * a trace or a drop): its type (0: none), verdict and drop reason. */
+	__u8  then_type;
+	__u8  then_verdict;
+	__u8  then_reason;
+	__u8  pad[3];
 };
 
 /* Counts an event the ring buffer had no room for. */
@@ -82,61 +88,67 @@ static __always_inline void event_lost(void)
 }
 
 /*
- * Writes one flow event for the packet `pkt` (NULL before the IP header was
- * parsed). A full ring buffer loses the event and counts it; the packet's
- * fate never depends on it.
+ * Writes the flow event(s) of one packet `pkt` (NULL before its IP header
+ * was parsed). A full ring buffer loses the event and counts it; the
+ * packet's fate never depends on it.
+ *
+ * Out of line (a BPF-to-BPF call) and at most one call per packet: events
+ * are the uncommon path, and one copy of this code instead of one per call
+ * site keeps the programs small. The record is built on the stack and copied
+ * with bpf_ringbuf_output (one helper call instead of reserve + submit).
  */
-static __always_inline void event_emit(const struct __sk_buff *skb, const struct mbr_pkt *pkt,
-				       const struct mbr_event_info *info)
+static __noinline __attribute__((unused)) void
+event_emit(const struct __sk_buff *skb, const struct mbr_pkt *pkt, const struct mbr_event_info *info)
 {
-	struct flow_event *ev = bpf_ringbuf_reserve(&mbr_events, sizeof(*ev), 0);
+	struct flow_event ev;
+	__u16 peer_ep = 0;
 
-	if (!ev) {
-		event_lost();
-		return;
-	}
-	ev->timestamp_ns = bpf_ktime_get_ns();
+	__builtin_memset(&ev, 0, sizeof(ev));
+	ev.timestamp_ns = bpf_ktime_get_ns();
 	if (pkt) {
-		ev->saddr = pkt->saddr;
-		ev->daddr = pkt->daddr;
-		ev->proto = pkt->proto;
-		ev->tcp_flags = pkt->tcp_flags;
-		ev->icmp_type = pkt->icmp_type;
-		ev->icmp_code = pkt->icmp_code;
-		if (pkt->proto == IPPROTO_ICMP) {
-			ev->sport = 0;
-			ev->dport = 0;
-		} else {
-			ev->sport = pkt->sport;
-			ev->dport = pkt->dport;
+		ev.saddr = pkt->saddr;
+		ev.daddr = pkt->daddr;
+		ev.proto = pkt->proto;
+		ev.tcp_flags = pkt->tcp_flags;
+		ev.icmp_type = pkt->icmp_type;
+		ev.icmp_code = pkt->icmp_code;
+		if (pkt->proto != IPPROTO_ICMP) {
+			ev.sport = pkt->sport;
+			ev.dport = pkt->dport;
 		}
-	} else {
-		ev->saddr = 0;
-		ev->daddr = 0;
-		ev->proto = 0;
-		ev->tcp_flags = 0;
-		ev->icmp_type = 0;
-		ev->icmp_code = 0;
-		ev->sport = 0;
-		ev->dport = 0;
+		peer_ep = endpoint_id_by_ip(info->direction == MBR_TRAFFIC_EGRESS ? pkt->daddr :
+										    pkt->saddr);
 	}
-	ev->src_identity = info->src_identity;
-	ev->dst_identity = info->dst_identity;
-	ev->ifindex = skb->ifindex;
-	ev->src_ep = info->src_ep;
-	ev->dst_ep = info->dst_ep;
-	ev->pkt_len = skb->len;
-	ev->event_type = info->event_type;
-	ev->verdict = info->verdict;
-	ev->drop_reason = info->drop_reason;
-	ev->direction = info->direction;
-	ev->ct_status = info->ct_status;
-	ev->flags = info->flags;
-	ev->proxy_port = info->proxy_port;
-	ev->policy_cookie = info->policy_cookie;
-	ev->reserved[0] = 0;
-	ev->reserved[1] = 0;
-	bpf_ringbuf_submit(ev, 0);
+	if (info->direction == MBR_TRAFFIC_EGRESS) {
+		ev.src_identity = info->local_identity;
+		ev.dst_identity = info->peer_identity;
+		ev.src_ep = info->local_ep;
+		ev.dst_ep = peer_ep;
+	} else {
+		ev.src_identity = info->peer_identity;
+		ev.dst_identity = info->local_identity;
+		ev.src_ep = peer_ep;
+		ev.dst_ep = info->local_ep;
+	}
+	ev.ifindex = skb->ifindex;
+	ev.pkt_len = skb->len;
+	ev.event_type = info->event_type;
+	ev.verdict = info->verdict;
+	ev.drop_reason = info->drop_reason;
+	ev.direction = info->direction;
+	ev.ct_status = info->ct_status;
+	ev.flags = info->flags;
+	ev.proxy_port = info->proxy_port;
+	ev.policy_cookie = info->policy_cookie;
+	if (bpf_ringbuf_output(&mbr_events, &ev, sizeof(ev), 0))
+		event_lost();
+	if (info->then_type) {
+		ev.event_type = info->then_type;
+		ev.verdict = info->then_verdict;
+		ev.drop_reason = info->then_reason;
+		if (bpf_ringbuf_output(&mbr_events, &ev, sizeof(ev), 0))
+			event_lost();
+	}
 }
 
 #endif /* MEMBRANE_LIB_EVENTS_H */

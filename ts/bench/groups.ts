@@ -4,6 +4,7 @@
  */
 import type { BenchResult } from './results.js';
 import type { Logger } from '../log/logger.js';
+import { DATAPATH_BENCH_GROUPS } from '../datapath/bench.js';
 
 export interface BenchContext {
   log: Logger;
@@ -15,4 +16,4 @@ export interface BenchGroup {
   run(ctx: BenchContext): Promise<BenchResult[]>;
 }
 
-export const BENCH_GROUPS: BenchGroup[] = [];
+export const BENCH_GROUPS: BenchGroup[] = [...DATAPATH_BENCH_GROUPS];

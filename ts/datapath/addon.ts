@@ -48,6 +48,10 @@ export type AttachMode = NonNullable<AttachPacketCounterOptions['mode']>;
  */
 export class DatapathError extends Error {
   override readonly name = 'DatapathError';
+  /** For a batch that failed part way: entries completed before the failure. */
+  done?: number;
+  /** For a batch that failed part way: entries asked for. */
+  total?: number;
 
   constructor(
     message: string,
@@ -67,6 +71,8 @@ export function isDatapathError(err: unknown, code?: string): err is DatapathErr
 }
 
 interface NativeErrorFields {
+  done?: unknown;
+  total?: unknown;
   message?: unknown;
   code?: unknown;
   errno?: unknown;
@@ -79,7 +85,7 @@ export function toDatapathError(err: unknown): unknown {
   if (!(err instanceof Error)) return err;
   const fields = err as Error & NativeErrorFields;
   if (typeof fields.code !== 'string' || typeof fields.op !== 'string') return err;
-  return new DatapathError(
+  const converted = new DatapathError(
     err.message,
     fields.code,
     typeof fields.errno === 'number' ? fields.errno : undefined,
@@ -87,6 +93,9 @@ export function toDatapathError(err: unknown): unknown {
     typeof fields.object === 'string' ? fields.object : '',
     { cause: err },
   );
+  if (typeof fields.done === 'number') converted.done = fields.done;
+  if (typeof fields.total === 'number') converted.total = fields.total;
+  return converted;
 }
 
 async function call<T>(run: () => Promise<T>): Promise<T> {

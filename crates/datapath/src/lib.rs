@@ -17,12 +17,15 @@
 
 pub mod attach;
 pub mod batch;
+pub mod benchkit;
 pub mod bpffs;
 pub mod btf;
 pub mod ct_gc;
 pub mod error;
+pub mod flows;
 pub mod layout;
 pub mod loader;
+pub mod lxc;
 pub mod maps;
 pub mod objects;
 pub mod packet_counter;

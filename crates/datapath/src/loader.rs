@@ -23,11 +23,28 @@ pub enum MapPins<'a> {
     Dir(&'a PinDir),
 }
 
+/// Options of [`load_with`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `max_entries` of maps the loader creates, by map name (for a ring
+    /// buffer: its size in bytes). Maps adopted from pins keep their size.
+    pub max_entries: Vec<(String, u32)>,
+}
+
 /// Loads `object`: checks its maps' layouts against the Rust bindings, creates
 /// or adopts its maps, and loads (verifies) every program. Programs stay
 /// loaded while the returned `Ebpf` lives, unless pinned or attached through a
 /// pinned link.
 pub fn load(object: &EmbeddedObject, pins: MapPins<'_>) -> Result<Ebpf> {
+    load_with(object, pins, &LoadOptions::default())
+}
+
+/// [`load`] with options (map sizes).
+pub fn load_with(
+    object: &EmbeddedObject,
+    pins: MapPins<'_>,
+    options: &LoadOptions,
+) -> Result<Ebpf> {
     check_layout(object)?;
     raise_memlock_rlimit();
 
@@ -55,6 +72,21 @@ pub fn load(object: &EmbeddedObject, pins: MapPins<'_>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for (name, path) in &pin_paths {
         loader.map_pin_path(name.as_str(), path.as_path());
+    }
+    for (name, size) in &options.max_entries {
+        if !map_names.contains(name) {
+            return Err(DatapathError::invalid(
+                "map size",
+                format!("object {} has no map {name}", object.name),
+            ));
+        }
+        if *size == 0 {
+            return Err(DatapathError::invalid(
+                "map size",
+                format!("map {name}: max_entries must be above 0"),
+            ));
+        }
+        loader.map_max_entries(name.as_str(), *size);
     }
     let mut ebpf = loader
         .load(object.bytes)

@@ -121,6 +121,8 @@ impl Drop for DirLock {
 const BPF_OBJ_GET: libc::c_long = 7;
 /// `BPF_LINK_DETACH` from `enum bpf_cmd` (linux/bpf.h, since 5.9).
 const BPF_LINK_DETACH: libc::c_long = 34;
+/// `BPF_LINK_UPDATE` from `enum bpf_cmd` (linux/bpf.h, since 5.7).
+const BPF_LINK_UPDATE: libc::c_long = 29;
 
 /// Size of the `union bpf_attr` prefix we pass; the kernel requires unused
 /// trailing bytes to be zero, which a zeroed buffer guarantees.
@@ -167,6 +169,21 @@ pub fn bpf_link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = [0u8; BPF_ATTR_SIZE];
     attr[..4].copy_from_slice(&fd.to_ne_bytes());
     bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// Atomically replaces the program of a BPF link (tcx, XDP, cgroup...): the
+/// hook runs either the old or the new program for every packet, never none.
+pub fn bpf_link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
+    // union bpf_attr, link_update variant:
+    // { __u32 link_fd; __u32 new_prog_fd; __u32 flags; __u32 old_prog_fd; }
+    let link_fd =
+        u32::try_from(link.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let prog_fd = u32::try_from(new_prog.as_raw_fd())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let mut attr = [0u8; BPF_ATTR_SIZE];
+    attr[..4].copy_from_slice(&link_fd.to_ne_bytes());
+    attr[4..8].copy_from_slice(&prog_fd.to_ne_bytes());
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
 /// The symbolic name of an errno value, for error codes.

@@ -15,6 +15,8 @@
 //!   `object` properties naming what failed.
 
 mod errors;
+mod flows;
+mod maps;
 
 use std::path::PathBuf;
 

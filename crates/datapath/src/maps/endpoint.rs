@@ -1,9 +1,22 @@
 //! `mbr_ep_ifindex` and `mbr_ep_ip`: the local endpoints, by the ifindex of
 //! their host-side veth and by IPv4 address (`ebpf/lib/endpoint.h`).
 
-use aya::maps::MapType;
+use std::{
+    borrow::{Borrow, BorrowMut},
+    net::Ipv4Addr,
+};
 
-use crate::{c_struct, layout::MapBinding};
+use aya::maps::{HashMap, MapData, MapType};
+
+use super::{
+    abi::TrafficDirection,
+    typed::{map_error, optional, removed, typed_wrapper},
+};
+use crate::{
+    c_struct,
+    error::{DatapathError, Result},
+    layout::MapBinding,
+};
 
 /// ifindex -> [`EndpointInfo`].
 pub const BY_IFINDEX_MAP: &str = "mbr_ep_ifindex";
@@ -47,4 +60,184 @@ pub fn bindings() -> [MapBinding; 2] {
         MapBinding::new::<u32, EndpointInfo>(BY_IFINDEX_MAP, MAP_TYPE),
         MapBinding::new::<u32, EndpointInfo>(BY_IP_MAP, MAP_TYPE),
     ]
+}
+
+impl EndpointInfo {
+    /// An endpoint: host-side veth `ifindex`, security `identity`, address
+    /// `ipv4`, endpoint id `ep_id` (1..=65535) and `EP_F_*` flags; MACs zero.
+    pub fn new(ifindex: u32, identity: u32, ipv4: Ipv4Addr, ep_id: u16, flags: u16) -> Self {
+        Self {
+            ifindex,
+            identity,
+            ipv4: ipv4_to_map(ipv4),
+            ep_id,
+            flags,
+            ..Self::default()
+        }
+    }
+
+    /// The endpoint's address.
+    pub fn ipv4_addr(&self) -> Ipv4Addr {
+        ipv4_from_map(self.ipv4)
+    }
+
+    /// Whether policy is enforced for traffic in `direction`.
+    pub const fn enforces(&self, direction: TrafficDirection) -> bool {
+        let flag = match direction {
+            TrafficDirection::Ingress => EP_F_INGRESS_ENFORCED,
+            TrafficDirection::Egress => EP_F_EGRESS_ENFORCED,
+        };
+        self.flags & flag != 0
+    }
+
+    /// Checks what the datapath relies on: a nonzero endpoint id, an
+    /// ifindex, known flag bits and zeroed reserved bytes.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |detail: String| Err(DatapathError::invalid("endpoint", detail));
+        if self.ep_id == 0 {
+            return bad("endpoint id 0 is reserved; use 1..=65535".to_owned());
+        }
+        if self.ifindex == 0 {
+            return bad(format!("endpoint {} has ifindex 0", self.ep_id));
+        }
+        let known = EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED | EP_F_AUDIT;
+        if self.flags & !known != 0 {
+            return bad(format!(
+                "endpoint {} has unknown flag bits {:#x}",
+                self.ep_id,
+                self.flags & !known
+            ));
+        }
+        if self.reserved != 0 {
+            return bad(format!("endpoint {}: reserved must be 0", self.ep_id));
+        }
+        Ok(())
+    }
+}
+
+/// An IPv4 address as the maps store it: the wire bytes in a `u32`.
+pub fn ipv4_to_map(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// The inverse of [`ipv4_to_map`].
+pub fn ipv4_from_map(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+/// Typed `mbr_ep_ifindex`: host-side veth ifindex -> endpoint.
+pub struct EndpointsByIfindex<T> {
+    map: HashMap<T, u32, EndpointInfo>,
+}
+
+typed_wrapper!(
+    EndpointsByIfindex,
+    HashMap<u32, EndpointInfo>,
+    BY_IFINDEX_MAP,
+    bindings()[0]
+);
+
+impl<T: Borrow<MapData>> EndpointsByIfindex<T> {
+    /// The endpoint on interface `ifindex`.
+    pub fn get(&self, ifindex: u32) -> Result<Option<EndpointInfo>> {
+        optional(self.map.get(&ifindex, 0), "look up", BY_IFINDEX_MAP)
+    }
+
+    /// Every endpoint, sorted by ifindex.
+    pub fn entries(&self) -> Result<Vec<(u32, EndpointInfo)>> {
+        let mut out = Vec::new();
+        for entry in self.map.iter() {
+            out.push(entry.map_err(|e| map_error("iterate", BY_IFINDEX_MAP, &e))?);
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+}
+
+impl<T: BorrowMut<MapData>> EndpointsByIfindex<T> {
+    /// Writes the endpoint under its `ifindex` (after validating it).
+    pub fn insert(&mut self, endpoint: &EndpointInfo) -> Result<()> {
+        endpoint.validate()?;
+        self.map
+            .insert(endpoint.ifindex, endpoint, 0)
+            .map_err(|e| map_error("update", BY_IFINDEX_MAP, &e))
+    }
+
+    /// Removes the endpoint of `ifindex`; false if there was none.
+    pub fn remove(&mut self, ifindex: u32) -> Result<bool> {
+        removed(self.map.remove(&ifindex), BY_IFINDEX_MAP)
+    }
+}
+
+/// Typed `mbr_ep_ip`: endpoint IPv4 address -> endpoint.
+pub struct EndpointsByIp<T> {
+    map: HashMap<T, u32, EndpointInfo>,
+}
+
+typed_wrapper!(
+    EndpointsByIp,
+    HashMap<u32, EndpointInfo>,
+    BY_IP_MAP,
+    bindings()[1]
+);
+
+impl<T: Borrow<MapData>> EndpointsByIp<T> {
+    /// The local endpoint with address `addr`.
+    pub fn get(&self, addr: Ipv4Addr) -> Result<Option<EndpointInfo>> {
+        optional(self.map.get(&ipv4_to_map(addr), 0), "look up", BY_IP_MAP)
+    }
+
+    /// Every endpoint, sorted by address.
+    pub fn entries(&self) -> Result<Vec<(Ipv4Addr, EndpointInfo)>> {
+        let mut out = Vec::new();
+        for entry in self.map.iter() {
+            let (k, v) = entry.map_err(|e| map_error("iterate", BY_IP_MAP, &e))?;
+            out.push((ipv4_from_map(k), v));
+        }
+        out.sort_by_key(|(k, _)| *k);
+        Ok(out)
+    }
+}
+
+impl<T: BorrowMut<MapData>> EndpointsByIp<T> {
+    /// Writes the endpoint under its address (after validating it).
+    pub fn insert(&mut self, endpoint: &EndpointInfo) -> Result<()> {
+        endpoint.validate()?;
+        if endpoint.ipv4 == 0 {
+            return Err(DatapathError::invalid(
+                "endpoint",
+                format!("endpoint {} has no IPv4 address", endpoint.ep_id),
+            ));
+        }
+        self.map
+            .insert(endpoint.ipv4, endpoint, 0)
+            .map_err(|e| map_error("update", BY_IP_MAP, &e))
+    }
+
+    /// Removes the endpoint with address `addr`; false if there was none.
+    pub fn remove(&mut self, addr: Ipv4Addr) -> Result<bool> {
+        removed(self.map.remove(&ipv4_to_map(addr)), BY_IP_MAP)
+    }
+}
+
+// ---- Batch operations (crates/datapath/src/batch.rs) ----------------------------
+
+impl<T: std::borrow::Borrow<aya::maps::MapData>> EndpointsByIfindex<T> {
+    /// The same map with batch operations: many entries per syscall
+    /// (`BatchMap::update`, `delete`, `lookup`, `dump`, `for_each_chunk`).
+    pub fn batch(&self) -> crate::error::Result<crate::batch::BatchMap<u32, EndpointInfo, &aya::maps::MapData>> {
+        use aya::maps::IterableMap as _;
+        crate::batch::BatchMap::new(self.map.map(), BY_IFINDEX_MAP)
+    }
+}
+
+// ---- Batch operations (crates/datapath/src/batch.rs) ----------------------------
+
+impl<T: std::borrow::Borrow<aya::maps::MapData>> EndpointsByIp<T> {
+    /// The same map with batch operations: many entries per syscall
+    /// (`BatchMap::update`, `delete`, `lookup`, `dump`, `for_each_chunk`).
+    pub fn batch(&self) -> crate::error::Result<crate::batch::BatchMap<u32, EndpointInfo, &aya::maps::MapData>> {
+        use aya::maps::IterableMap as _;
+        crate::batch::BatchMap::new(self.map.map(), BY_IP_MAP)
+    }
 }

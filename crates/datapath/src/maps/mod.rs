@@ -10,6 +10,8 @@
 //! check walks: a map that an object defines but that is not bound here, or a
 //! mirror whose layout drifted from C, fails `cargo test` and refuses to load.
 
+pub mod abi;
+pub mod clock;
 pub mod config;
 pub mod conntrack;
 pub mod endpoint;
@@ -19,6 +21,7 @@ pub mod ipcache;
 pub mod metrics;
 pub mod packet_counter;
 pub mod policy;
+mod typed;
 
 use std::path::Path;
 
@@ -39,6 +42,7 @@ pub fn map_bindings() -> Vec<MapBinding> {
         config::binding(),
         events::binding(),
         fragments::binding(),
+        clock::binding(),
     ];
     all.extend(endpoint::bindings());
     all.extend(conntrack::bindings());
@@ -63,6 +67,7 @@ pub fn mirrored_types() -> Vec<TypeLayout> {
         events::FlowEvent::layout(),
         fragments::FragKey::layout(),
         fragments::FragEntry::layout(),
+        clock::ClockCache::layout(),
     ]
 }
 

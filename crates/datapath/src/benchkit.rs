@@ -1,0 +1,812 @@
+//! Benchmark support shared by the criterion benches (`benches/`) and the
+//! machine-readable runner (`examples/bench_json.rs`): realistic map
+//! contents, crafted frames, and the measurements themselves, so both report
+//! the same thing. Needs root and BPF like the kernel tests.
+//!
+//! Every measurement comes with its baseline from the same run:
+//! - map operations: batch syscalls vs. one syscall per entry;
+//! - CT GC: the collection vs. a plain batch scan of the same table;
+//! - ns/packet: `bpf_lxc`'s paths vs. the empty program `ebpf/bench_floor.c`.
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    ops::ControlFlow,
+    time::{Duration, Instant},
+};
+
+use aya::maps::MapData;
+
+use crate::{
+    batch::{create_map, map_data_of, BatchMap, BatchOp, RawMap},
+    ct_gc::{self, GcOptions},
+    error::{DatapathError, Result},
+    maps::{
+        conntrack::{CtEntry, CtKey, CtMap, CtTable, DIR_EGRESS},
+        endpoint::{EndpointInfo, EP_F_EGRESS_ENFORCED},
+        ipcache::{IpcacheEntry, IpcacheKey},
+        policy::{PolicyEntry, PolicyKey, POLICY_ALLOW, PREFIX_FULL},
+    },
+    objects,
+    testrun::Harness,
+};
+
+/// `BPF_MAP_TYPE_LRU_HASH`.
+pub const LRU_HASH: u32 = 9;
+/// `BPF_MAP_TYPE_LPM_TRIE`.
+pub const LPM_TRIE: u32 = 11;
+/// `BPF_F_NO_PREALLOC`.
+pub const NO_PREALLOC: u32 = 1;
+
+/// One result, in the shape of `bench-results.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchRecord {
+    /// Group and case, e.g. `datapath/map/ct/insert/1000000`.
+    pub bench: String,
+    /// What was measured, e.g. `entries_per_s`.
+    pub metric: String,
+    /// The measurement.
+    pub value: f64,
+    /// Its unit.
+    pub unit: String,
+    /// The same metric of the baseline case, measured in the same run.
+    pub baseline: f64,
+    /// A target, for the table (e.g. `>= 2e6/s`).
+    pub target: Option<String>,
+}
+
+impl BenchRecord {
+    /// `value / baseline` (NaN without a baseline).
+    pub fn ratio(&self) -> f64 {
+        if self.baseline == 0.0 {
+            f64::NAN
+        } else {
+            self.value / self.baseline
+        }
+    }
+
+    /// One JSON object `{bench, metric, value, unit, baseline, ratio[, target]}`.
+    pub fn to_json(&self) -> String {
+        let num = |x: f64| {
+            if x.is_finite() {
+                format!("{x}")
+            } else {
+                "null".to_owned()
+            }
+        };
+        let mut s = format!(
+            "{{\"bench\":{},\"metric\":{},\"value\":{},\"unit\":{},\"baseline\":{},\"ratio\":{}",
+            json_str(&self.bench),
+            json_str(&self.metric),
+            num(self.value),
+            json_str(&self.unit),
+            num(self.baseline),
+            num(self.ratio()),
+        );
+        if let Some(t) = &self.target {
+            let _ = write!(s, ",\"target\":{}", json_str(t));
+        }
+        s.push('}');
+        s
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Entries per second.
+pub fn rate(entries: usize, elapsed: Duration) -> f64 {
+    entries as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+// ---- contents ------------------------------------------------------------------
+
+/// `n` distinct CT entries (TCP, egress); every `expired_every`-th (if
+/// non-zero) expired at `now`, the rest live.
+pub fn ct_entries(n: usize, now: u32, expired_every: usize) -> (Vec<CtKey>, Vec<CtEntry>) {
+    let keys = (0..n)
+        .map(|i| {
+            let i = i as u32;
+            CtKey {
+                saddr: u32::from_ne_bytes([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+                daddr: u32::from_ne_bytes([172, 16, (i >> 24) as u8, 1 + (i % 7) as u8]),
+                sport: (1024 + (i % 50_000) as u16).to_be(),
+                dport: 443u16.to_be(),
+                proto: 6,
+                direction: DIR_EGRESS,
+                pad: 0,
+            }
+        })
+        .collect();
+    let values = (0..n)
+        .map(|i| CtEntry {
+            fwd_packets: 10,
+            fwd_bytes: 1500,
+            rev_packets: 9,
+            rev_bytes: 9000,
+            expires: if expired_every != 0 && i % expired_every == 0 {
+                now.saturating_sub(5)
+            } else {
+                now + 3600
+            },
+            created: now.saturating_sub(100),
+            last_report: now.saturating_sub(10),
+            src_identity: 1000 + (i % 300) as u32,
+            dst_identity: 2000 + (i % 50) as u32,
+            ep_id: 1 + (i % 100) as u16,
+            fwd_tcp_flags: 0x1a,
+            rev_tcp_flags: 0x1a,
+            flags: 1,
+            ..CtEntry::default()
+        })
+        .collect();
+    (keys, values)
+}
+
+/// `n` distinct policy entries (exact ports, spread over endpoints,
+/// identities and ports), none matching endpoint 1 / identity 2000.
+pub fn policy_entries(n: usize) -> (Vec<PolicyKey>, Vec<PolicyEntry>) {
+    let keys = (0..n)
+        .map(|i| PolicyKey {
+            prefixlen: PREFIX_FULL,
+            ep_id: 2 + (i % 1000) as u16,
+            direction: 1 + (i % 2) as u8,
+            pad0: 0,
+            identity: 10_000 + (i / 1000) as u32 * 7 + (i % 7) as u32,
+            proto: if i % 3 == 0 { 17 } else { 6 },
+            pad1: 0,
+            dport: (1 + (i % 60_000) as u16).to_be(),
+        })
+        .collect();
+    let values = (0..n)
+        .map(|i| PolicyEntry {
+            action: POLICY_ALLOW,
+            flags: 0,
+            proxy_port: 0,
+            cookie: i as u32,
+        })
+        .collect();
+    (keys, values)
+}
+
+/// `n` distinct ipcache prefixes: /32s in 100.64.0.0/10 with a /24 every 64.
+pub fn ipcache_entries(n: usize) -> (Vec<IpcacheKey>, Vec<IpcacheEntry>) {
+    let keys = (0..n)
+        .map(|i| {
+            let i = i as u32;
+            let addr = u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i * 4;
+            let (prefixlen, addr) = if i % 64 == 63 {
+                (
+                    24,
+                    (u32::from(Ipv4Addr::new(100, 200, 0, 0)) + (i << 8)) & 0xffff_ff00,
+                )
+            } else {
+                (32, addr)
+            };
+            IpcacheKey {
+                prefixlen,
+                addr: u32::from_ne_bytes(Ipv4Addr::from(addr).octets()),
+            }
+        })
+        .collect();
+    let values = (0..n)
+        .map(|i| IpcacheEntry {
+            identity: 50_000 + (i % 5000) as u32,
+            ..IpcacheEntry::default()
+        })
+        .collect();
+    (keys, values)
+}
+
+// ---- frames ----------------------------------------------------------------------
+
+/// An Ethernet + IPv4 + TCP frame (no payload; checksums filled in).
+pub fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(54);
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01]);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = inet_checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    frame.extend_from_slice(&tcp);
+    frame
+}
+
+fn inet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for chunk in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+// ---- map operations -------------------------------------------------------------
+
+/// Which map a map-operation benchmark runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapKind {
+    /// A conntrack table: LRU hash, `ct_key` -> `ct_entry`.
+    Ct,
+    /// The policy map: LPM trie, `policy_key` -> `policy_entry`.
+    Policy,
+}
+
+impl MapKind {
+    /// Short name for bench ids.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ct => "ct-lru-hash",
+            Self::Policy => "policy-lpm-trie",
+        }
+    }
+}
+
+/// Rates of one map-operation run, entries per second.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MapOpRates {
+    /// Entries.
+    pub n: usize,
+    /// Batch update into an empty map.
+    pub insert_batch: f64,
+    /// One `UPDATE_ELEM` per entry into an empty map.
+    pub insert_per_entry: f64,
+    /// Full dump with `LOOKUP_BATCH`.
+    pub lookup_batch: f64,
+    /// One `LOOKUP_ELEM` per entry.
+    pub lookup_per_entry: f64,
+    /// Batch delete of every entry.
+    pub delete_batch: f64,
+    /// One `DELETE_ELEM` per entry.
+    pub delete_per_entry: f64,
+}
+
+/// A fresh, unpinned map of `kind` for `n` entries (room to spare, so LRU
+/// eviction does not distort inserts).
+pub fn create_bench_map(kind: MapKind, n: usize) -> Result<MapData> {
+    let max = (n + n / 4 + 1024) as u32;
+    match kind {
+        MapKind::Ct => create_map("bench_ct", LRU_HASH, 16, 64, max, 0),
+        MapKind::Policy => create_map("bench_policy", LPM_TRIE, 16, 8, max, NO_PREALLOC),
+    }
+}
+
+/// Times the batch and per-entry paths of insert, lookup and delete on a map
+/// of `kind` with `n` entries.
+pub fn measure_map_ops(kind: MapKind, n: usize) -> Result<MapOpRates> {
+    match kind {
+        MapKind::Ct => {
+            let (k, v) = ct_entries(n, 1_000, 0);
+            measure_typed(create_bench_map(kind, n)?, "bench_ct", &k, &v)
+        }
+        MapKind::Policy => {
+            let (k, v) = policy_entries(n);
+            measure_typed(create_bench_map(kind, n)?, "bench_policy", &k, &v)
+        }
+    }
+}
+
+fn measure_typed<K: aya::Pod, V: aya::Pod>(
+    data: MapData,
+    name: &str,
+    keys: &[K],
+    values: &[V],
+) -> Result<MapOpRates> {
+    let n = keys.len();
+    let batch = BatchMap::<K, V>::new(data, name)?;
+    let mut r = MapOpRates {
+        n,
+        ..MapOpRates::default()
+    };
+
+    let t = Instant::now();
+    batch.update(keys, values)?;
+    r.insert_batch = rate(n, t.elapsed());
+
+    let t = Instant::now();
+    let seen = batch.for_each_chunk(|_, _| ControlFlow::Continue(()))?;
+    r.lookup_batch = rate(seen, t.elapsed());
+    check_count("batch lookup", name, seen, n)?;
+
+    let t = Instant::now();
+    let found = batch.lookup(keys)?.iter().filter(|v| v.is_some()).count();
+    r.lookup_per_entry = rate(n, t.elapsed());
+    check_count("lookup", name, found, n)?;
+
+    let t = Instant::now();
+    let deleted = batch.delete(keys)?.deleted;
+    r.delete_batch = rate(n, t.elapsed());
+    check_count("batch delete", name, deleted, n)?;
+
+    // The per-entry baselines on the same map, forced off the batch path.
+    let raw: &RawMap = batch.raw();
+    raw.force_per_entry(BatchOp::Update);
+    raw.force_per_entry(BatchOp::Delete);
+    let t = Instant::now();
+    batch.update(keys, values)?;
+    r.insert_per_entry = rate(n, t.elapsed());
+    let t = Instant::now();
+    let deleted = batch.delete(keys)?.deleted;
+    r.delete_per_entry = rate(n, t.elapsed());
+    check_count("delete", name, deleted, n)?;
+    Ok(r)
+}
+
+fn check_count(op: &'static str, name: &str, got: usize, expected: usize) -> Result<()> {
+    if got != expected {
+        return Err(DatapathError::invalid(
+            "benchmark",
+            format!("{op} on map {name}: {got} entries, expected {expected}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Map-operation records for `kind` at `n` entries.
+pub fn map_op_records(kind: MapKind, r: &MapOpRates) -> Vec<BenchRecord> {
+    let mk = |op: &str, value: f64, baseline: f64, target: Option<&str>| BenchRecord {
+        bench: format!("datapath/map/{}/{op}/{}", kind.as_str(), r.n),
+        metric: "entries_per_s".to_owned(),
+        value,
+        unit: "entries/s".to_owned(),
+        baseline,
+        target: target.map(str::to_owned),
+    };
+    vec![
+        mk(
+            "insert",
+            r.insert_batch,
+            r.insert_per_entry,
+            Some(">= 2e6/s"),
+        ),
+        mk("lookup", r.lookup_batch, r.lookup_per_entry, None),
+        mk("delete", r.delete_batch, r.delete_per_entry, None),
+    ]
+}
+
+// ---- CT GC -------------------------------------------------------------------------
+
+/// A CT GC measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct GcMeasurement {
+    /// Entries in the table.
+    pub n: usize,
+    /// Expired entries deleted.
+    pub deleted: usize,
+    /// The collection (scan, re-check, delete).
+    pub gc: Duration,
+    /// A plain batch scan of the same table (the floor of any collection).
+    pub scan: Duration,
+}
+
+/// Fills a CT table with `n` entries, one in `expired_every` expired, and
+/// times a plain scan and then a collection.
+pub fn measure_ct_gc(n: usize, expired_every: usize) -> Result<GcMeasurement> {
+    let now = 100_000;
+    let data = create_map("bench_gc", LRU_HASH, 16, 64, (n + n / 4 + 1024) as u32, 0)?;
+    let map = CtMap::new(data, CtTable::Tcp)?;
+    let (keys, values) = ct_entries(n, now, expired_every);
+    map.insert(&keys, &values)?;
+    let t = Instant::now();
+    let scanned = map.for_each_chunk(|_, _| ControlFlow::Continue(()))?;
+    let scan = t.elapsed();
+    check_count("scan", "bench_gc", scanned, n)?;
+    let report = ct_gc::run(
+        &[&map],
+        GcOptions {
+            now: Some(now),
+            ..GcOptions::default()
+        },
+    )?;
+    check_count("gc scan", "bench_gc", report.scanned, n)?;
+    Ok(GcMeasurement {
+        n,
+        deleted: report.deleted,
+        gc: report.duration,
+        scan,
+    })
+}
+
+/// CT GC records.
+pub fn gc_records(m: &GcMeasurement) -> Vec<BenchRecord> {
+    vec![
+        BenchRecord {
+            bench: format!(
+                "datapath/ct-gc/{}-entries/{}-expired/vs-scan",
+                m.n, m.deleted
+            ),
+            metric: "duration_ms".to_owned(),
+            value: m.gc.as_secs_f64() * 1e3,
+            unit: "ms".to_owned(),
+            baseline: m.scan.as_secs_f64() * 1e3,
+            target: Some("< 1000 ms per 1M scanned".to_owned()),
+        },
+        BenchRecord {
+            bench: format!("datapath/ct-gc/{}-entries/{}-expired/rate", m.n, m.deleted),
+            metric: "entries_per_s".to_owned(),
+            value: rate(m.n, m.gc),
+            unit: "entries/s".to_owned(),
+            baseline: rate(m.n, m.scan),
+            target: Some(">= 1e6/s".to_owned()),
+        },
+    ]
+}
+
+// ---- ns/packet through BPF_PROG_TEST_RUN ----------------------------------------------
+
+/// The endpoint the packet benchmarks run as.
+pub const BENCH_EP_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// Its peer, allowed on port [`BENCH_ALLOWED_PORT`].
+pub const BENCH_PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+/// The allowed port.
+pub const BENCH_ALLOWED_PORT: u16 = 80;
+/// A port with no allow entry.
+pub const BENCH_DENIED_PORT: u16 = 81;
+const BENCH_EP_ID: u16 = 1;
+const BENCH_EP_IDENTITY: u32 = 1000;
+const BENCH_PEER_IDENTITY: u32 = 2000;
+/// tc verdicts as `bpf_lxc` returns them.
+const PASS_ON: i32 = -1;
+const SHOT: i32 = 2;
+
+/// ns/packet of each path at one (ipcache, policy) size.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PacketTimes {
+    /// ipcache entries.
+    pub ipcache: usize,
+    /// policy entries.
+    pub policy: usize,
+    /// A new, allowed flow (CT miss, ipcache, policy, CT create, 2 events):
+    /// mean of single-repeat runs, each with a fresh source port.
+    pub new_flow: f64,
+    /// An established flow (CT hit), repeated.
+    pub established: f64,
+    /// A denied flow (CT miss, ipcache, policy miss, drop event), repeated.
+    pub denied: f64,
+}
+
+/// The floor: the empty program, repeated, and in single-repeat runs (the
+/// baseline of the new-flow path, measured the same way).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Floor {
+    /// ns/packet with `repeat`.
+    pub repeated: f64,
+    /// Mean ns of single runs.
+    pub single: f64,
+}
+
+/// Runs `program` `runs` times with repeat 1, changing the TCP source port
+/// each time (a new flow per run); mean kernel-measured ns.
+fn single_runs(
+    h: &mut Harness,
+    program: &str,
+    runs: u32,
+    dport: u16,
+    expect: Option<i32>,
+) -> Result<f64> {
+    let mut total = Duration::ZERO;
+    for i in 0..runs {
+        let sport = 10_000 + (i % 50_000) as u16;
+        let frame = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, sport, dport, 0x02);
+        let r = h.run_tc(program, &frame, 1)?;
+        if let Some(expect) = expect {
+            expect_verdict(program, "new flow", r.verdict, expect)?;
+        }
+        total += r.duration;
+    }
+    Ok(total.as_nanos() as f64 / f64::from(runs))
+}
+
+fn expect_verdict(program: &str, path: &str, got: i32, expected: i32) -> Result<()> {
+    if got != expected {
+        return Err(DatapathError::invalid(
+            "benchmark",
+            format!("{program} returned {got} on the {path} path, expected {expected}: is ebpf/bpf_lxc.c the real datapath?"),
+        ));
+    }
+    Ok(())
+}
+
+/// Measures the floor program.
+pub fn measure_floor(repeat: u32, single: u32) -> Result<Floor> {
+    let mut h = Harness::load(&objects::BENCH_FLOOR)?;
+    let frame = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 40_000, BENCH_ALLOWED_PORT, 0x10);
+    // Warm up.
+    h.run_tc("mbr_bench_floor", &frame, 1000)?;
+    let repeated = h
+        .run_tc("mbr_bench_floor", &frame, repeat)?
+        .duration
+        .as_nanos() as f64;
+    let single = single_runs(&mut h, "mbr_bench_floor", single, BENCH_ALLOWED_PORT, None)?;
+    Ok(Floor { repeated, single })
+}
+
+/// The `bpf_lxc` object loaded for packet benchmarks, with its endpoint set up.
+pub struct LxcBench {
+    harness: Harness,
+}
+
+impl LxcBench {
+    /// Loads `bpf_lxc` with unpinned maps and writes the benchmark endpoint
+    /// (on the loopback device, where test runs happen) with egress policy
+    /// enforced.
+    pub fn load() -> Result<Self> {
+        let harness = Harness::load(&objects::BPF_LXC)?;
+        let bench = Self { harness };
+        let ep = EndpointInfo {
+            ifindex: 1,
+            identity: BENCH_EP_IDENTITY,
+            ipv4: u32::from_ne_bytes(BENCH_EP_IP.octets()),
+            ep_id: BENCH_EP_ID,
+            flags: EP_F_EGRESS_ENFORCED,
+            ..EndpointInfo::default()
+        };
+        bench
+            .map::<u32, EndpointInfo>("mbr_ep_ifindex")?
+            .update(&[1], &[ep])?;
+        bench
+            .map::<u32, EndpointInfo>("mbr_ep_ip")?
+            .update(&[ep.ipv4], &[ep])?;
+        Ok(bench)
+    }
+
+    fn map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<BatchMap<K, V, &MapData>> {
+        let map =
+            self.harness.ebpf().map(name).ok_or_else(|| {
+                DatapathError::invalid("map", format!("bpf_lxc has no map {name}"))
+            })?;
+        BatchMap::new(map_data_of(map), name)
+    }
+
+    /// Replaces the ipcache with `n` entries, the peer's included.
+    pub fn set_ipcache(&self, n: usize) -> Result<()> {
+        let map = self.map::<IpcacheKey, IpcacheEntry>("mbr_ipcache")?;
+        map.clear()?;
+        let (mut keys, mut values) = ipcache_entries(n.saturating_sub(1));
+        keys.push(IpcacheKey {
+            prefixlen: 32,
+            addr: u32::from_ne_bytes(BENCH_PEER_IP.octets()),
+        });
+        values.push(IpcacheEntry {
+            identity: BENCH_PEER_IDENTITY,
+            ..IpcacheEntry::default()
+        });
+        map.update(&keys, &values)?;
+        Ok(())
+    }
+
+    /// Replaces the policy with `n` entries, the allow of the peer's port included.
+    pub fn set_policy(&self, n: usize) -> Result<()> {
+        let map = self.map::<PolicyKey, PolicyEntry>("mbr_policy")?;
+        map.clear()?;
+        let (mut keys, mut values) = policy_entries(n.saturating_sub(1));
+        keys.push(PolicyKey {
+            prefixlen: PREFIX_FULL,
+            ep_id: BENCH_EP_ID,
+            direction: DIR_EGRESS,
+            identity: BENCH_PEER_IDENTITY,
+            proto: 6,
+            dport: BENCH_ALLOWED_PORT.to_be(),
+            ..PolicyKey::default()
+        });
+        values.push(PolicyEntry {
+            action: POLICY_ALLOW,
+            cookie: 7,
+            ..PolicyEntry::default()
+        });
+        map.update(&keys, &values)?;
+        Ok(())
+    }
+
+    /// Empties both CT tables.
+    pub fn flush_ct(&self) -> Result<()> {
+        flush_ct_tables(&self.harness)
+    }
+
+    /// The harness (e.g. to run the program on custom frames).
+    pub fn harness_mut(&mut self) -> &mut Harness {
+        &mut self.harness
+    }
+
+    /// Measures the three paths at the current map sizes: mean ns of
+    /// `new_flow_runs` single new-flow runs, and ns/packet of `repeat`
+    /// repetitions of the established and the denied path.
+    pub fn measure(&mut self, repeat: u32, new_flow_runs: u32) -> Result<(f64, f64, f64)> {
+        const PROG: &str = "mbr_from_cont";
+        self.flush_ct()?;
+        let h = &mut self.harness;
+        // New flows: single runs with a fresh source port each (a repeated
+        // run would find the CT entry its first iteration created).
+        let new_flow = single_runs(h, PROG, new_flow_runs, BENCH_ALLOWED_PORT, Some(PASS_ON))?;
+        // Established: a SYN creates the entry, then ACKs of that flow.
+        let syn = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 60_001, BENCH_ALLOWED_PORT, 0x02);
+        expect_verdict(PROG, "new flow", h.run_tc(PROG, &syn, 1)?.verdict, PASS_ON)?;
+        let ack = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 60_001, BENCH_ALLOWED_PORT, 0x10);
+        h.run_tc(PROG, &ack, 1000)?;
+        let r = h.run_tc(PROG, &ack, repeat)?;
+        expect_verdict(PROG, "established", r.verdict, PASS_ON)?;
+        let established = r.duration.as_nanos() as f64;
+        // Denied: no allow for the port; nothing is created, every
+        // repetition is a new flow that policy drops.
+        let denied_frame = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 60_002, BENCH_DENIED_PORT, 0x02);
+        let r = h.run_tc(PROG, &denied_frame, repeat)?;
+        expect_verdict(PROG, "denied", r.verdict, SHOT)?;
+        let denied = r.duration.as_nanos() as f64;
+        Ok((new_flow, established, denied))
+    }
+}
+
+/// Empties both CT tables of a loaded `bpf_lxc`.
+pub fn flush_ct_tables(h: &Harness) -> Result<()> {
+    for table in CtTable::ALL {
+        let map = h.ebpf().map(table.map_name()).ok_or_else(|| {
+            DatapathError::invalid("map", format!("bpf_lxc has no map {}", table.map_name()))
+        })?;
+        CtMap::new(map_data_of(map), table)?.flush()?;
+    }
+    Ok(())
+}
+
+/// The packet-path benchmark: every (ipcache, policy) size, each path.
+pub fn measure_packets(
+    ipcache_sizes: &[usize],
+    policy_sizes: &[usize],
+    repeat: u32,
+    new_flow_runs: u32,
+) -> Result<(Floor, Vec<PacketTimes>)> {
+    let floor = measure_floor(repeat, new_flow_runs)?;
+    let mut bench = LxcBench::load()?;
+    let mut out = Vec::new();
+    for &policy in policy_sizes {
+        bench.set_policy(policy)?;
+        for &ipcache in ipcache_sizes {
+            bench.set_ipcache(ipcache)?;
+            let (new_flow, established, denied) = bench.measure(repeat, new_flow_runs)?;
+            out.push(PacketTimes {
+                ipcache,
+                policy,
+                new_flow,
+                established,
+                denied,
+            });
+        }
+    }
+    Ok((floor, out))
+}
+
+/// ns/packet records, and the size-scaling checks (largest vs. smallest).
+pub fn packet_records(floor: &Floor, times: &[PacketTimes]) -> Vec<BenchRecord> {
+    let mut out = vec![BenchRecord {
+        bench: "datapath/packet/floor".to_owned(),
+        metric: "ns_per_packet".to_owned(),
+        value: floor.repeated,
+        unit: "ns".to_owned(),
+        baseline: floor.repeated,
+        target: None,
+    }];
+    for t in times {
+        let case = format!("ipcache={},policy={}", t.ipcache, t.policy);
+        let mk = |path: &str, value: f64, baseline: f64, target: Option<&str>| BenchRecord {
+            bench: format!("datapath/packet/{path}/{case}"),
+            metric: "ns_per_packet".to_owned(),
+            value,
+            unit: "ns".to_owned(),
+            baseline,
+            target: target.map(str::to_owned),
+        };
+        out.push(mk("new-flow", t.new_flow, floor.single, None));
+        out.push(mk(
+            "established",
+            t.established,
+            floor.repeated,
+            Some("<= 2.5x floor"),
+        ));
+        out.push(mk("denied", t.denied, floor.repeated, None));
+    }
+    if let (Some(small), Some(large)) = (
+        times.iter().min_by_key(|t| (t.ipcache, t.policy)),
+        times.iter().max_by_key(|t| (t.ipcache, t.policy)),
+    ) {
+        if small.ipcache != large.ipcache || small.policy != large.policy {
+            let scale = |path: &str, l: f64, s: f64| BenchRecord {
+                bench: format!(
+                    "datapath/packet/{path}/scaling ipcache={},policy={} vs ipcache={},policy={}",
+                    large.ipcache, large.policy, small.ipcache, small.policy
+                ),
+                metric: "ns_per_packet".to_owned(),
+                value: l,
+                unit: "ns".to_owned(),
+                baseline: s,
+                target: Some("<= 1.15x smallest".to_owned()),
+            };
+            out.push(scale("new-flow", large.new_flow, small.new_flow));
+            out.push(scale("established", large.established, small.established));
+            out.push(scale("denied", large.denied, small.denied));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_serialise_as_bench_results() {
+        let r = BenchRecord {
+            bench: "datapath/x \"y\"".to_owned(),
+            metric: "ns_per_packet".to_owned(),
+            value: 30.0,
+            unit: "ns".to_owned(),
+            baseline: 20.0,
+            target: Some("<= 2.5x floor".to_owned()),
+        };
+        assert_eq!(
+            r.to_json(),
+            r#"{"bench":"datapath/x \"y\"","metric":"ns_per_packet","value":30,"unit":"ns","baseline":20,"ratio":1.5,"target":"<= 2.5x floor"}"#
+        );
+        let none = BenchRecord {
+            baseline: 0.0,
+            target: None,
+            ..r
+        };
+        assert!(none.to_json().contains("\"ratio\":null"));
+    }
+
+    #[test]
+    fn contents_are_distinct() {
+        use std::collections::HashSet;
+        let (k, _) = ct_entries(100_000, 10, 3);
+        assert_eq!(k.iter().collect::<HashSet<_>>().len(), 100_000);
+        let (k, _) = policy_entries(50_000);
+        assert_eq!(k.iter().collect::<HashSet<_>>().len(), 50_000);
+        let (k, _) = ipcache_entries(500_000);
+        assert_eq!(k.iter().collect::<HashSet<_>>().len(), 500_000);
+    }
+
+    #[test]
+    fn tcp_frame_is_well_formed() {
+        let f = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 1234, 80, 0x02);
+        assert_eq!(f.len(), 54);
+        assert_eq!(inet_checksum(&f[14..34]), 0, "IP header checksum");
+        assert_eq!(f[14 + 20 + 13], 0x02);
+    }
+}
