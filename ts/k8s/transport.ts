@@ -32,6 +32,8 @@ export interface ListPage {
 export interface WatchOptions {
   /** The stream is given up (WatchIdleError) when nothing arrives for this long. */
   idleTimeoutMs: number;
+  /** Called once the server has accepted the watch (2xx), before any event. */
+  onOpen?: () => void;
 }
 
 export interface KubeTransport {
@@ -39,7 +41,8 @@ export interface KubeTransport {
   list(path: string, query: Record<string, string>, signal: AbortSignal): Promise<ListPage>;
   /**
    * GET ?watch=1 and call onEvent per event until the server ends the stream
-   * (resolves), or the connection fails, onEvent throws, or signal aborts (rejects).
+   * (resolves), or the connection fails, an ERROR event arrives (rejects with
+   * its KubeApiError, e.g. 410), onEvent throws, or signal aborts (rejects).
    */
   watch(path: string, query: Record<string, string>, signal: AbortSignal, onEvent: (event: WatchEvent) => void, options: WatchOptions): Promise<void>;
   /** Where requests go, for logs. */
@@ -121,6 +124,7 @@ export class HttpsTransport implements KubeTransport {
     const combined = AbortSignal.any([signal, local.signal]);
     const res = await this.get(path, { ...query, watch: '1' }, combined);
     res.socket?.setKeepAlive(true, 30_000);
+    options.onOpen?.();
     await new Promise<void>((resolve, reject) => {
       let pending = '';
       let settled = false;
@@ -160,6 +164,11 @@ export class HttpsTransport implements KubeTransport {
             finish(new Error(`watch ${path}: a line is not JSON: ${line.slice(0, 200)}`));
             return;
           }
+          if (event.type === 'ERROR') {
+            // The apiserver ends the stream after an ERROR event (410 Expired is the usual one).
+            finish(watchErrorFromStatus(event.object, path));
+            return;
+          }
           try {
             onEvent(event);
           } catch (err) {
@@ -171,7 +180,7 @@ export class HttpsTransport implements KubeTransport {
         if (pending.length > this.maxLineBytes) finish(new Error(`watch ${path}: an event is larger than ${this.maxLineBytes} bytes`));
       });
       res.on('end', () => finish());
-      res.on('error', (err) => finish(err));
+      res.on('error', (err) => finish(new Error(`watch ${path}: the connection failed: ${err.message}`)));
       res.on('close', () => finish(res.complete ? undefined : new Error(`watch ${path}: the connection closed mid-stream`)));
     });
   }
