@@ -3,7 +3,7 @@
  * Pure: from pods, nodes and the apiserver's addresses to prefix -> identity.
  * Anything not listed is the world (identity 2) in the datapath.
  */
-import { RESERVED } from './reserved.js';
+import { ReservedId } from '../identity/reserved.js';
 
 export interface IpcacheEntry {
   /** "10.244.0.5/32" */
@@ -48,19 +48,19 @@ export function desiredIpcache(inputs: IpcacheInputs): IpcacheEntry[] {
     const current = out.get(entry.prefix);
     if (current === undefined || rank > rankOf(current)) out.set(entry.prefix, entry);
   };
-  const rankOf = (e: IpcacheEntry) => (e.identity === RESERVED.host ? 4 : RANK[e.source]);
+  const rankOf = (e: IpcacheEntry) => (e.identity === ReservedId.host ? 4 : RANK[e.source]);
   for (const c of inputs.cidrs ?? []) put({ prefix: c.cidr, identity: c.identity, source: 'cidr' }, RANK.cidr);
   for (const p of inputs.pods) {
     if (p.identity > 0) put({ prefix: `${p.ip}/32`, identity: p.identity, source: 'pod' }, RANK.pod);
   }
   for (const n of inputs.nodes) {
     const local = n.name === inputs.localNode;
-    const identity = local ? RESERVED.host : RESERVED['remote-node'];
+    const identity = local ? ReservedId.host : ReservedId.remoteNode;
     for (const ip of n.ips) put({ prefix: `${ip}/32`, identity, source: 'node' }, local ? 4 : RANK.node);
   }
   for (const ip of inputs.apiserverIps) {
     // The host's own address keeps `host` even when the apiserver listens there.
-    put({ prefix: `${ip}/32`, identity: RESERVED['kube-apiserver'], source: 'kube-apiserver' }, RANK['kube-apiserver']);
+    put({ prefix: `${ip}/32`, identity: ReservedId.kubeApiserver, source: 'kube-apiserver' }, RANK['kube-apiserver']);
   }
   return [...out.values()].sort((a, b) => a.prefix.localeCompare(b.prefix));
 }

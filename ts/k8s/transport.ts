@@ -12,6 +12,7 @@
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest, type RequestOptions } from 'node:https';
 import type { KubeConfig } from '@kubernetes/client-node';
+import { KubeConnection } from './connection.js';
 import type { KubeObject } from './types.js';
 
 export type WatchEventType = 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
@@ -81,6 +82,8 @@ export interface HttpsTransportOptions {
   maxLineBytes?: number;
   /** A list request taking longer than this fails. */
   listTimeoutMs?: number;
+  /** Shared keep-alive connections (one is made for this transport otherwise). */
+  connection?: KubeConnection;
 }
 
 const DEFAULT_MAX_LINE = 16 * 1024 * 1024;
@@ -91,6 +94,7 @@ export class HttpsTransport implements KubeTransport {
   private readonly base: URL;
   private readonly maxLineBytes: number;
   private readonly listTimeoutMs: number;
+  private readonly connection: KubeConnection;
 
   constructor(
     private readonly kc: KubeConfig,
@@ -102,6 +106,7 @@ export class HttpsTransport implements KubeTransport {
     this.base = new URL(cluster.server);
     this.maxLineBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE;
     this.listTimeoutMs = options.listTimeoutMs ?? 60_000;
+    this.connection = options.connection ?? new KubeConnection(kc);
   }
 
   async list(path: string, query: Record<string, string>, signal: AbortSignal): Promise<ListPage> {
@@ -185,6 +190,11 @@ export class HttpsTransport implements KubeTransport {
     });
   }
 
+  /** Closes the kept-alive connections (of the shared KubeConnection, if one was passed). */
+  close(): void {
+    this.connection.close();
+  }
+
   /** GET with the kubeconfig's TLS and credentials; resolves on a 2xx head, rejects with KubeApiError otherwise. */
   private async get(path: string, query: Record<string, string>, signal: AbortSignal): Promise<IncomingMessage> {
     const url = new URL(this.base.href);
@@ -192,6 +202,8 @@ export class HttpsTransport implements KubeTransport {
     for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
     const opts: RequestOptions = {};
     await this.kc.applyToHTTPSOptions(opts);
+    const shared = await this.connection.httpsAgent();
+    if (shared) opts.agent = shared;
     signal.throwIfAborted();
     const headers = { ...(opts.headers as Record<string, string> | undefined), Accept: 'application/json' };
     const send = url.protocol === 'http:' ? httpRequest : httpsRequest;

@@ -26,10 +26,10 @@ export interface TestLabSettings {
 export function testLabSettings(tag: string): TestLabSettings {
   return {
     dir: `/tmp/membrane-lab-test-${tag}`,
-    etcdClientPort: 33790,
-    etcdPeerPort: 33800,
-    apiserverPort: 36443,
-    controllerManagerPort: 36257,
+    etcdClientPort: 22790, // below the ephemeral port range (32768-60999)
+    etcdPeerPort: 22800,
+    apiserverPort: 22443,
+    controllerManagerPort: 22257,
     clusterCIDR: '10.233.0.0/16',
     podCIDR: '10.233.7.0/24',
     serviceCIDR: '10.234.0.0/16',
