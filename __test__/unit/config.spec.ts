@@ -72,3 +72,11 @@ test('a missing config file is an error, not silently ignored', (t) => {
   const err = t.throws(() => loadConfig({ path: '/nonexistent/membrane.yaml', env: {} }), { instanceOf: ConfigError });
   t.regex(err!.message, /ENOENT/);
 });
+
+test('identity settings: seconds are validated and the refresh must stay under a third of the grace', (t) => {
+  const c = resolveConfig([{ source: 'f', values: { identity: { gcGraceSeconds: '600', refreshSeconds: 200 } } }]);
+  t.is(c.identity.gcGraceSeconds, 600);
+  t.throws(() => resolveConfig([{ source: 'f', values: { identity: { gcGraceSeconds: 0 } } }]), { message: /identity\.gcGraceSeconds.*whole number of seconds/ });
+  t.throws(() => resolveConfig([{ source: 'f', values: { identity: { gcGraceSeconds: 600, refreshSeconds: 300 } } }]), { message: /at most a third/ });
+  t.is(envName('identity.gcGraceSeconds'), 'MEMBRANE_IDENTITY_GC_GRACE_SECONDS');
+});

@@ -30,6 +30,21 @@ export interface LabConfig {
   serviceCIDR: string;
 }
 
+export interface IdentityConfig {
+  /** An identity no endpoint has used for this long is deleted. */
+  gcGraceSeconds: number;
+  /** How often the collector looks for unused identities. */
+  gcIntervalSeconds: number;
+  /** How often a node re-stamps the identities it uses (at most a third of the grace). */
+  refreshSeconds: number;
+  /** Comma-separated label key prefixes left out of identities (besides the built-in ones). */
+  excludeLabelPrefixes: string;
+  /** Comma-separated label keys left out of identities. */
+  excludeLabelKeys: string;
+  /** Comma-separated label keys kept even when a built-in rule would drop them. */
+  includeLabelKeys: string;
+}
+
 export interface MembraneConfig {
   nodeName: string;
   clusterName: string;
@@ -45,6 +60,7 @@ export interface MembraneConfig {
   logLevel: LevelWithSilent;
   /** Path of a kubeconfig; empty means in-cluster configuration. */
   kubeconfig: string;
+  identity: IdentityConfig;
   lab: LabConfig;
 }
 
@@ -71,6 +87,7 @@ export function defaultConfig(home: string = homedir()): MembraneConfig {
     metricsAddress: '127.0.0.1:9962',
     logLevel: 'info',
     kubeconfig: '',
+    identity: { gcGraceSeconds: 900, gcIntervalSeconds: 60, refreshSeconds: 300, excludeLabelPrefixes: '', excludeLabelKeys: '', includeLabelKeys: '' },
     lab: {
       dir: '/var/lib/membrane-lab',
       cacheDir: join(home, '.cache', 'membrane'),
@@ -86,7 +103,7 @@ export function defaultConfig(home: string = homedir()): MembraneConfig {
   };
 }
 
-type Kind = 'string' | 'port' | 'cidr' | 'hostport' | 'loglevel' | 'path';
+type Kind = 'string' | 'port' | 'cidr' | 'hostport' | 'loglevel' | 'path' | 'seconds';
 
 /** Every settable key, its kind, and the environment variable that can set it. */
 const KEYS: Record<string, Kind> = {
@@ -99,6 +116,12 @@ const KEYS: Record<string, Kind> = {
   metricsAddress: 'hostport',
   logLevel: 'loglevel',
   kubeconfig: 'string',
+  'identity.gcGraceSeconds': 'seconds',
+  'identity.gcIntervalSeconds': 'seconds',
+  'identity.refreshSeconds': 'seconds',
+  'identity.excludeLabelPrefixes': 'string',
+  'identity.excludeLabelKeys': 'string',
+  'identity.includeLabelKeys': 'string',
   'lab.dir': 'path',
   'lab.cacheDir': 'path',
   'lab.nodeName': 'string',
@@ -128,6 +151,11 @@ function validate(key: string, kind: Kind, value: unknown, source: string): stri
     case 'port': {
       const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
       if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 65535) fail(`${JSON.stringify(value)} is not a TCP port (1-65535)`);
+      return n as number;
+    }
+    case 'seconds': {
+      const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) fail(`${JSON.stringify(value)} is not a whole number of seconds (>= 1)`);
       return n as number;
     }
     case 'cidr': {
@@ -203,6 +231,13 @@ export function resolveConfig(layers: ConfigLayer[], base: MembraneConfig = defa
   }
   // The API socket follows the state directory unless it was set on its own.
   if (explicit.has('stateDir') && !explicit.has('apiSocket')) result.apiSocket = join(result.stateDir, 'agent.sock');
+  if (result.identity.refreshSeconds * 3 > result.identity.gcGraceSeconds) {
+    throw new ConfigError(
+      'identity.refreshSeconds',
+      'the configuration',
+      `${result.identity.refreshSeconds} must be at most a third of identity.gcGraceSeconds (${result.identity.gcGraceSeconds}), or identities in use could be collected`,
+    );
+  }
   return result;
 }
 
