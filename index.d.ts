@@ -35,6 +35,26 @@ export declare class FlowReader {
 }
 
 /**
+ * Writes `options.endpoint` into the endpoint maps, then attaches both
+ * endpoint programs to `options.iface` (its host-side veth). Idempotent.
+ * Write the endpoint's policy entries first: an enforcing endpoint drops
+ * everything until they are there (default deny).
+ */
+export declare function attachEndpoint(options: AttachEndpointOptions): Promise<Array<EndpointAttachResult>>
+
+/** Options of `attachEndpoint`. */
+export interface AttachEndpointOptions {
+  /** Pin directory of an opened datapath. */
+  pinDir: string
+  /** Where bpffs is mounted. Default `/sys/fs/bpf`. */
+  bpffsRoot?: string
+  /** Host-side veth of the endpoint; its ifindex must be `endpoint.ifindex`. */
+  iface: string
+  /** The endpoint entry written before the programs are attached. */
+  endpoint: EndpointSpec
+}
+
+/**
  * Attaches the packet counter to the ingress and egress tc hooks of
  * `options.iface` and pins everything under `options.pinDir`, so that the
  * attachment outlives this process. Loads the programs on first use and
@@ -158,6 +178,33 @@ export interface DatapathInfo {
   objects: Array<DatapathObjectInfo>
 }
 
+/** One map of the datapath as the kernel has it. */
+export interface DatapathMapInfo {
+  /** Map name, e.g. `mbr_policy`. */
+  name: string
+  /** Its `max_entries` (for `mbr_events`: bytes). */
+  maxEntries: number
+}
+
+/**
+ * `max_entries` of the maps `openDatapath` creates (maps already pinned
+ * keep their size). Omitted: the object's default (see `ebpf/README.md`).
+ */
+export interface DatapathMapSizes {
+  /** `mbr_ep_ifindex` and `mbr_ep_ip`. */
+  endpoints?: number
+  /** `mbr_ipcache`. */
+  ipcache?: number
+  /** `mbr_policy`. */
+  policy?: number
+  /** `mbr_ct_tcp`. */
+  ctTcp?: number
+  /** `mbr_ct_any`. */
+  ctAny?: number
+  /** `mbr_events` ring buffer, in bytes: a power of two, at least one page. */
+  eventsBytes?: number
+}
+
 /** An eBPF object embedded in the addon. */
 export interface DatapathObjectInfo {
   /** File stem of its source, e.g. `packet_counter`. */
@@ -172,12 +219,44 @@ export interface DatapathObjectInfo {
   maps: Array<string>
 }
 
+/** Where the datapath is pinned. */
+export interface DatapathTarget {
+  /** Pin directory given to `openDatapath`. */
+  pinDir: string
+  /** Where bpffs is mounted. Default `/sys/fs/bpf`. */
+  bpffsRoot?: string
+}
+
 /**
  * Decodes packed raw `struct flow_event` records (64 bytes each, as the
  * datapath writes them) through the reader's decoder into a `FlowBatch`.
  * Malformed records are skipped and counted.
  */
 export declare function decodeFlowEvents(records: Buffer): Promise<FlowBatch>
+
+/**
+ * Detaches the endpoint programs from interface `options.ifindex`, then
+ * removes its endpoint entries. Idempotent.
+ */
+export declare function detachEndpoint(options: DetachEndpointOptions): Promise<DetachEndpointResult>
+
+/** Options of `detachEndpoint`. */
+export interface DetachEndpointOptions {
+  /** Pin directory of an opened datapath. */
+  pinDir: string
+  /** Where bpffs is mounted. Default `/sys/fs/bpf`. */
+  bpffsRoot?: string
+  /** ifindex of the endpoint's host-side veth. */
+  ifindex: number
+}
+
+/** Result of `detachEndpoint`. */
+export interface DetachEndpointResult {
+  /** Attachments removed from their hooks. */
+  detached: Array<TcAttachmentInfo>
+  /** Whether the endpoint entries were removed (false: there were none). */
+  endpointRemoved: boolean
+}
 
 /**
  * Detaches the packet counter from `options.iface`, or from every
@@ -203,6 +282,70 @@ export interface DetachPacketCounterResult {
   detached: Array<TcAttachmentInfo>
   /** Pins and empty directories removed. */
   removed: Array<string>
+}
+
+/** One interface with the endpoint datapath attached. */
+export interface EndpointAttachmentInfo {
+  /** Interface index. */
+  ifindex: number
+  /** Interface name; absent if the interface is gone. */
+  iface?: string
+  /** Its endpoint entry, if any. */
+  endpoint?: EndpointEntry
+  /** The program attachments (normally ingress and egress). */
+  attachments: Array<TcAttachmentInfo>
+}
+
+/** One attachment made (or found) by `attachEndpoint`. */
+export interface EndpointAttachResult {
+  /** The hook. */
+  direction: 'ingress' | 'egress'
+  /** The mechanism. */
+  mode: 'tcx' | 'netlink'
+  /** Kernel program name (`mbr_from_cont`, `mbr_to_cont`). */
+  program: string
+  /** The pin that records (and, for tcx, holds) the attachment. */
+  pinPath: string
+  /** Interface index. */
+  ifindex: number
+  /** Whether this call created it (false: it was already attached). */
+  created: boolean
+}
+
+/** An endpoint entry as read back from `mbr_ep_ifindex`. */
+export interface EndpointEntry {
+  /** ifindex of the host-side veth. */
+  ifindex: number
+  /** Security identity. */
+  identity: number
+  /** IPv4 address, dotted. */
+  ipv4: string
+  /** Endpoint id. */
+  epId: number
+  /** `EP_F_*`. */
+  flags: number
+  /** The pod's MAC. */
+  mac: string
+  /** The host-side veth's MAC. */
+  nodeMac: string
+}
+
+/** A local endpoint (C `struct endpoint_info`), addresses as text. */
+export interface EndpointSpec {
+  /** ifindex of the host-side veth. */
+  ifindex: number
+  /** Security identity of the pod. */
+  identity: number
+  /** The pod's IPv4 address, dotted (`"10.0.0.5"`). */
+  ipv4: string
+  /** Endpoint id, 1..=65535: the key of its policy entries. */
+  epId: number
+  /** `EP_F_*`: 1 ingress enforced, 2 egress enforced, 4 audit. */
+  flags: number
+  /** The pod's MAC, `aa:bb:cc:dd:ee:ff`. */
+  mac: string
+  /** The host-side veth's MAC, `aa:bb:cc:dd:ee:ff`. */
+  nodeMac: string
 }
 
 /** One field of a C struct. */
@@ -241,6 +384,9 @@ export interface FlowReaderStats {
   /** The last malformation, if any. */
   lastMalformed?: string
 }
+
+/** Every interface with the endpoint datapath attached, with its endpoint entry. */
+export declare function listEndpointAttachments(options: DatapathTarget): Promise<Array<EndpointAttachmentInfo>>
 
 /** The packet counter's attachments recorded under `pinDir` (empty if none). */
 export declare function listPacketCounterAttachments(pinDir: string, bpffsRoot?: string | undefined | null): Promise<Array<TcAttachmentInfo>>
@@ -356,6 +502,45 @@ export interface MapUpdateResult {
 /** CLOCK_MONOTONIC in seconds: the clock of conntrack's `expires`. */
 export declare function monotonicSeconds(): number
 
+/**
+ * Loads the endpoint datapath (`bpf_lxc`) into `options.pinDir` and pins
+ * its programs and maps there, or adopts it when this build is already
+ * pinned (nothing is loaded, flushed or re-attached), or upgrades another
+ * build in place. Call it at agent start; every other call of this family
+ * needs it to have run once.
+ */
+export declare function openDatapath(options: OpenDatapathOptions): Promise<OpenDatapathResult>
+
+/** Options of `openDatapath`. */
+export interface OpenDatapathOptions {
+  /** Pin directory (absolute, inside `bpffsRoot`), e.g. `/sys/fs/bpf/membrane`. */
+  pinDir: string
+  /** Where bpffs is mounted; mounted there if absent. Default `/sys/fs/bpf`. */
+  bpffsRoot?: string
+  /** Sizes of the maps that get created. */
+  sizes?: DatapathMapSizes
+  /**
+   * How later attachments are made: `'auto'` (default: tcx, falling back
+   * to netlink cls_bpf), `'tcx'` or `'netlink'`. Also used to move
+   * attachments during an upgrade.
+   */
+  mode?: 'auto' | 'tcx' | 'netlink'
+}
+
+/** Result of `openDatapath`. */
+export interface OpenDatapathResult {
+  /**
+   * `'loaded'`: nothing was pinned, loaded and pinned now; `'adopted'`:
+   * this build was pinned, nothing loaded; `'upgraded'`: another build
+   * was pinned, loaded against its maps and every attachment moved.
+   */
+  outcome: 'loaded' | 'adopted' | 'upgraded'
+  /** Id of the embedded `bpf_lxc` object (16 hex digits). */
+  buildId: string
+  /** Every map, by name. */
+  maps: Array<DatapathMapInfo>
+}
+
 /** Packets and bytes seen at one hook of one interface, summed over CPUs. */
 export interface PacketCounter {
   /** Interface index. */
@@ -378,6 +563,22 @@ export interface PinMapsOptions {
   ctEntries?: number
   /** `max_entries` of `mbr_policy` (default: the object's). */
   policyEntries?: number
+}
+
+/**
+ * Removes the endpoint datapath from `options.pinDir` entirely: detaches
+ * every attachment, unpins programs, build markers and every map
+ * (conntrack, policy, endpoints are gone). For uninstall and tests, never
+ * part of a restart or an upgrade. Idempotent.
+ */
+export declare function purgeDatapath(options: DatapathTarget): Promise<PurgeDatapathResult>
+
+/** Result of `purgeDatapath`. */
+export interface PurgeDatapathResult {
+  /** Attachments removed from their hooks. */
+  detached: Array<TcAttachmentInfo>
+  /** Pins and empty directories removed. */
+  removed: Array<string>
 }
 
 /**

@@ -773,13 +773,16 @@ if (
   }
 }
 
-const { FlowReader, attachPacketCounter, ctGc, datapathInfo, decodeFlowEvents, detachPacketCounter, listPacketCounterAttachments, listTcxPrograms, mapDelete, mapDump, mapLayouts, mapLookup, mapUpdate, monotonicSeconds, readPacketCounters, testOnlyEmitFlowEvents, testOnlyPinDatapathMaps, testOnlySyntheticFlowEvents } = nativeBinding
+const { FlowReader, attachEndpoint, attachPacketCounter, ctGc, datapathInfo, decodeFlowEvents, detachEndpoint, detachPacketCounter, listEndpointAttachments, listPacketCounterAttachments, listTcxPrograms, mapDelete, mapDump, mapLayouts, mapLookup, mapUpdate, monotonicSeconds, openDatapath, purgeDatapath, readPacketCounters, testOnlyEmitFlowEvents, testOnlyPinDatapathMaps, testOnlySyntheticFlowEvents } = nativeBinding
 export { FlowReader }
+export { attachEndpoint }
 export { attachPacketCounter }
 export { ctGc }
 export { datapathInfo }
 export { decodeFlowEvents }
+export { detachEndpoint }
 export { detachPacketCounter }
+export { listEndpointAttachments }
 export { listPacketCounterAttachments }
 export { listTcxPrograms }
 export { mapDelete }
@@ -788,6 +791,8 @@ export { mapLayouts }
 export { mapLookup }
 export { mapUpdate }
 export { monotonicSeconds }
+export { openDatapath }
+export { purgeDatapath }
 export { readPacketCounters }
 export { testOnlyEmitFlowEvents }
 export { testOnlyPinDatapathMaps }

@@ -16,6 +16,7 @@
 
 mod errors;
 mod flows;
+mod lxc;
 mod maps;
 
 use std::path::PathBuf;
