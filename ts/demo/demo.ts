@@ -6,7 +6,10 @@
  *      built from source, with Membrane's CRDs and a registered Node;
  *   2. the datapath slice: an eBPF program loaded once, attached with tcx to a
  *      pod's host-side veth, counting real pings; the counters are read back
- *      from the pinned map by a separate process.
+ *      from the pinned map by a separate process;
+ *   3. the datapath core: two pods become enforcing endpoints (default deny),
+ *      an identity-based policy entry lets one ping the other, and the flows
+ *      come back from the ring buffer with their verdicts.
  *
  * The lab stays up afterwards (`membrane lab down` stops it); the demo's network
  * namespaces, links and pins are removed.
@@ -20,6 +23,12 @@ import { labUp } from '../lab/lab.js';
 import { labKubeConfig } from '../lab/kube.js';
 import { createTwoPods, ping } from '../lab/netns.js';
 import { attachPacketCounter, detachPacketCounter, findCounter, readPacketCounters } from '../datapath/addon.js';
+import { readFileSync } from 'node:fs';
+import { POLICY_ALLOW, TRAFFIC_EGRESS, TRAFFIC_INGRESS } from '../datapath/codecs.js';
+import { FlowStream, type HubbleFlow } from '../datapath/flows.js';
+import { attachEndpoint, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED, openDatapath, purgeDatapath, type EndpointSpec } from '../datapath/lxc.js';
+import { ipcacheMap, policyMap } from '../datapath/maps.js';
+import { run, type Pod } from '../lab/netns.js';
 
 export interface DemoOptions {
   config: MembraneConfig;
@@ -63,8 +72,82 @@ export async function runDemo({ config, log, say }: DemoOptions): Promise<void> 
   }
 
   say('');
-  say('Coming next: endpoints, identity-based policy, conntrack and flows in the datapath; the agent;');
-  say('the CNI plugin and pods from the apiserver. The lab stays up: `membrane lab down` stops it.');
+  say('== 3. The datapath core: identity-based policy, conntrack and flows ==');
+  await policyChapter(config, log, say);
+
+  say('');
+  say('Coming next: the agent (Kubernetes -> identities, ipcache, policy maps), the CNI plugin and');
+  say('pods from the apiserver. The lab stays up: `membrane lab down` stops it.');
+}
+
+const ICMP = 1;
+const ICMP_ECHO_REQUEST = 8;
+
+async function policyChapter(config: MembraneConfig, log: Logger, say: (line: string) => void): Promise<void> {
+  const pinDir = `${config.pinDir}-demo-lxc-${process.pid}`;
+  const pods = createTwoPods('p');
+  const { a, b } = pods;
+  const [idA, idB] = [10_001, 10_002];
+  try {
+    const opened = await openDatapath({ pinDir, bpffsRoot: config.bpffsRoot });
+    say(`bpf_lxc ${opened.outcome} once for the node (build ${opened.buildId.slice(0, 12)}), ${opened.maps.length} maps pinned under ${pinDir}`);
+    await ipcacheMap(pinDir, config.bpffsRoot).update([
+      [{ prefixLen: 32, addr: a.ip }, { identity: idA }],
+      [{ prefixLen: 32, addr: b.ip }, { identity: idB }],
+    ]);
+    await attachEndpoint({ pinDir, bpffsRoot: config.bpffsRoot, iface: a.hostIface, endpoint: endpointOf(a, idA, 1) });
+    await attachEndpoint({ pinDir, bpffsRoot: config.bpffsRoot, iface: b.hostIface, endpoint: endpointOf(b, idB, 2) });
+    say(`endpoints: ${a.ip} (identity ${idA}) and ${b.ip} (identity ${idB}), ingress and egress policy enforced`);
+    const flows = FlowStream.open(pinDir, config.bpffsRoot);
+    try {
+      say(`ping ${a.ip} -> ${b.ip} with no policy: ${pingOutcome(a, b)}`);
+      await printFlows(flows, say);
+      await policyMap(pinDir, config.bpffsRoot).update([
+        [{ prefixLen: 96, epId: 1, direction: TRAFFIC_EGRESS, identity: idB, proto: ICMP, dport: ICMP_ECHO_REQUEST }, { action: POLICY_ALLOW, cookie: 1 }],
+        [{ prefixLen: 96, epId: 2, direction: TRAFFIC_INGRESS, identity: idA, proto: ICMP, dport: ICMP_ECHO_REQUEST }, { action: POLICY_ALLOW, cookie: 2 }],
+      ]);
+      say(`policy: identity ${idA} may send ICMP echo to identity ${idB} (egress of ${a.ip}, ingress of ${b.ip}); replies ride conntrack`);
+      say(`ping ${a.ip} -> ${b.ip}: ${pingOutcome(a, b)}`);
+      say(`ping ${b.ip} -> ${a.ip} (not allowed that way): ${pingOutcome(b, a)}`);
+      await printFlows(flows, say);
+    } finally {
+      flows.close();
+    }
+  } finally {
+    await purgeDatapath({ pinDir, bpffsRoot: config.bpffsRoot }).catch((err: unknown) => log.warn({ err, pinDir }, 'demo cleanup: purge failed'));
+    pods.destroy();
+  }
+}
+
+function endpointOf(pod: Pod, identity: number, epId: number): EndpointSpec {
+  return {
+    ifindex: Number(readFileSync(`/sys/class/net/${pod.hostIface}/ifindex`, 'utf8').trim()),
+    identity,
+    ipv4: pod.ip,
+    epId,
+    flags: EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED,
+    mac: run('ip', ['netns', 'exec', pod.netns, 'cat', '/sys/class/net/eth0/address']).trim(),
+    nodeMac: readFileSync(`/sys/class/net/${pod.hostIface}/address`, 'utf8').trim(),
+  };
+}
+
+function pingOutcome(from: Pod, to: Pod): string {
+  try {
+    ping(from, to, 1);
+    return 'replied';
+  } catch {
+    return 'no reply (dropped)';
+  }
+}
+
+const EVENT_NAMES: Record<number, string> = { 1: 'drop', 4: 'trace', 5: 'policy-verdict' };
+
+async function printFlows(flows: FlowStream, say: (line: string) => void): Promise<void> {
+  const batch: HubbleFlow[] = await flows.read(64, 200);
+  for (const f of batch) {
+    const why = f.verdict === 'DROPPED' ? ` ${f.drop_reason_desc ?? ''}` : '';
+    say(`  ${(EVENT_NAMES[f.event_type.type] ?? 'event').padEnd(14)} ${f.IP.source} -> ${f.IP.destination} ${f.traffic_direction ?? ''} ${f.verdict}${why} (identity ${f.source.identity ?? '?'} -> ${f.destination.identity ?? '?'}, ${f.Summary})`);
+  }
 }
 
 /** Reads the counters through a fresh Node process, so only the bpffs pins connect the two. */
