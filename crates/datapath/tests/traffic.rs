@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{require_kernel, run};
+use common::{require_kernel, run, send_frames_expecting, Injected};
 use membrane_datapath::{
     attach, lxc,
     maps::{
@@ -517,45 +517,6 @@ fn helper_command(netns: &str, role: &str) -> Command {
     cmd
 }
 
-/// Sends `frame` `count` times out of interface `ifindex` through an
-/// AF_PACKET socket, expecting the tc egress hook to drop it: the kernel then
-/// reports ENOBUFS to the sender.
-fn send_dropped_frames(ifindex: u32, frame: &[u8], count: usize) {
-    // SAFETY: plain socket(2).
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    assert!(
-        fd >= 0,
-        "socket(AF_PACKET): {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: sockaddr_ll is plain old data.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex as i32;
-    addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-    for _ in 0..count {
-        // SAFETY: frame and addr are valid for the sizes passed.
-        let sent = unsafe {
-            libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        let err = std::io::Error::last_os_error();
-        assert!(
-            sent == frame.len() as isize || err.raw_os_error() == Some(libc::ENOBUFS),
-            "sendto: {err}"
-        );
-    }
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-}
-
 // ---- the loader process ---------------------------------------------------------
 
 /// The `lxc_loader` example next to this test binary, built if missing.
@@ -790,7 +751,7 @@ fn traffic_follows_the_maps() {
         f
     };
     let before = lab.metric(abi::DROP_INVALID_PACKET, INGRESS);
-    send_dropped_frames(lab.pods[0].ifindex(), &runt, 3);
+    send_frames_expecting(lab.pods[0].ifindex(), &runt, 3, Injected::MayBeDropped);
     assert_eq!(
         lab.metric(abi::DROP_INVALID_PACKET, INGRESS),
         before + 3,

@@ -179,7 +179,14 @@ pub fn proto_name(proto: u8) -> &'static str {
 
 impl CtKey {
     /// A key from host-order ports and addresses.
-    pub fn new(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, proto: u8, direction: u8) -> Self {
+    pub fn new(
+        saddr: Ipv4Addr,
+        daddr: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        direction: u8,
+    ) -> Self {
         Self {
             saddr: u32::from_ne_bytes(saddr.octets()),
             daddr: u32::from_ne_bytes(daddr.octets()),
@@ -430,7 +437,11 @@ impl<T: Borrow<MapData>> CtMap<T> {
     }
 
     /// Inserts or replaces entries.
-    pub fn insert(&self, keys: &[CtKey], entries: &[CtEntry]) -> std::result::Result<usize, BatchError> {
+    pub fn insert(
+        &self,
+        keys: &[CtKey],
+        entries: &[CtEntry],
+    ) -> std::result::Result<usize, BatchError> {
         self.map.update(keys, entries)
     }
 
@@ -456,13 +467,27 @@ mod tests {
 
     #[test]
     fn key_accessors_and_direction_words() {
-        let k = CtKey::new(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 41234, 80, 6, DIR_EGRESS);
+        let k = CtKey::new(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            41234,
+            80,
+            6,
+            DIR_EGRESS,
+        );
         assert_eq!(k.source(), Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(k.destination_port(), 80);
         assert_eq!(k.source_port(), 41234);
         assert_eq!(k.sport, 41234u16.to_be());
         assert_eq!(k.direction_word(), "OUT");
-        assert_eq!(CtKey { direction: DIR_INGRESS, ..k }.direction_word(), "IN");
+        assert_eq!(
+            CtKey {
+                direction: DIR_INGRESS,
+                ..k
+            }
+            .direction_word(),
+            "IN"
+        );
         assert_eq!(CtKey { direction: 0, ..k }.direction_word(), "?");
         assert_eq!(k.table(), CtTable::Tcp);
         assert_eq!(CtKey { proto: 17, ..k }.table(), CtTable::Any);
@@ -470,7 +495,10 @@ mod tests {
 
     #[test]
     fn expiry_is_strictly_after() {
-        let e = CtEntry { expires: 100, ..CtEntry::default() };
+        let e = CtEntry {
+            expires: 100,
+            ..CtEntry::default()
+        };
         assert!(!e.is_expired(99));
         assert!(!e.is_expired(100));
         assert!(e.is_expired(101));
@@ -481,27 +509,65 @@ mod tests {
     #[test]
     fn tcp_states() {
         use tcp_flags::*;
-        let syn = CtEntry { fwd_tcp_flags: SYN, ..CtEntry::default() };
+        let syn = CtEntry {
+            fwd_tcp_flags: SYN,
+            ..CtEntry::default()
+        };
         assert_eq!(syn.tcp_state_name(), "SYN_SENT");
-        let synack = CtEntry { fwd_tcp_flags: SYN, rev_tcp_flags: SYN | ACK, rev_packets: 1, flags: CT_F_SEEN_REPLY, ..CtEntry::default() };
+        let synack = CtEntry {
+            fwd_tcp_flags: SYN,
+            rev_tcp_flags: SYN | ACK,
+            rev_packets: 1,
+            flags: CT_F_SEEN_REPLY,
+            ..CtEntry::default()
+        };
         assert_eq!(synack.tcp_state(), TcpState::SynRecv);
-        let est = CtEntry { fwd_tcp_flags: SYN | ACK, ..synack };
+        let est = CtEntry {
+            fwd_tcp_flags: SYN | ACK,
+            ..synack
+        };
         assert_eq!(est.tcp_state(), TcpState::Established);
-        let fin = CtEntry { flags: CT_F_SEEN_REPLY | CT_F_FWD_CLOSING, ..est };
+        let fin = CtEntry {
+            flags: CT_F_SEEN_REPLY | CT_F_FWD_CLOSING,
+            ..est
+        };
         assert_eq!(fin.tcp_state(), TcpState::FinWait);
-        let closing = CtEntry { flags: CT_F_SEEN_REPLY | CT_F_REV_CLOSING, ..est };
+        let closing = CtEntry {
+            flags: CT_F_SEEN_REPLY | CT_F_REV_CLOSING,
+            ..est
+        };
         assert_eq!(closing.tcp_state(), TcpState::CloseWait);
-        let both = CtEntry { flags: CT_F_SEEN_REPLY | CT_F_FWD_CLOSING | CT_F_REV_CLOSING, ..est };
+        let both = CtEntry {
+            flags: CT_F_SEEN_REPLY | CT_F_FWD_CLOSING | CT_F_REV_CLOSING,
+            ..est
+        };
         assert_eq!(both.tcp_state(), TcpState::TimeWait);
-        let rst = CtEntry { rev_tcp_flags: RST | ACK, ..est };
+        let rst = CtEntry {
+            rev_tcp_flags: RST | ACK,
+            ..est
+        };
         assert_eq!(rst.tcp_state(), TcpState::Close);
         assert_eq!(CtEntry::default().tcp_state(), TcpState::None);
     }
 
     #[test]
     fn describe_reads_like_ct_list() {
-        let k = CtKey::new(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 41234, 80, 6, DIR_EGRESS);
-        let e = CtEntry { expires: 500, fwd_tcp_flags: 0x12, rev_tcp_flags: 0x12, flags: CT_F_SEEN_REPLY, rev_packets: 1, ..CtEntry::default() };
+        let k = CtKey::new(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            41234,
+            80,
+            6,
+            DIR_EGRESS,
+        );
+        let e = CtEntry {
+            expires: 500,
+            fwd_tcp_flags: 0x12,
+            rev_tcp_flags: 0x12,
+            flags: CT_F_SEEN_REPLY,
+            rev_packets: 1,
+            ..CtEntry::default()
+        };
         let line = describe(&k, &e, 400);
         assert!(line.starts_with("TCP OUT 10.0.0.1:41234 -> 10.0.0.2:80 expires=500 remaining=100s state=ESTABLISHED"), "{line}");
         assert!(line.contains("[ SeenReply ]"), "{line}");

@@ -225,7 +225,9 @@ impl<T: BorrowMut<MapData>> EndpointsByIp<T> {
 impl<T: std::borrow::Borrow<aya::maps::MapData>> EndpointsByIfindex<T> {
     /// The same map with batch operations: many entries per syscall
     /// (`BatchMap::update`, `delete`, `lookup`, `dump`, `for_each_chunk`).
-    pub fn batch(&self) -> crate::error::Result<crate::batch::BatchMap<u32, EndpointInfo, &aya::maps::MapData>> {
+    pub fn batch(
+        &self,
+    ) -> crate::error::Result<crate::batch::BatchMap<u32, EndpointInfo, &aya::maps::MapData>> {
         use aya::maps::IterableMap as _;
         crate::batch::BatchMap::new(self.map.map(), BY_IFINDEX_MAP)
     }
@@ -236,7 +238,9 @@ impl<T: std::borrow::Borrow<aya::maps::MapData>> EndpointsByIfindex<T> {
 impl<T: std::borrow::Borrow<aya::maps::MapData>> EndpointsByIp<T> {
     /// The same map with batch operations: many entries per syscall
     /// (`BatchMap::update`, `delete`, `lookup`, `dump`, `for_each_chunk`).
-    pub fn batch(&self) -> crate::error::Result<crate::batch::BatchMap<u32, EndpointInfo, &aya::maps::MapData>> {
+    pub fn batch(
+        &self,
+    ) -> crate::error::Result<crate::batch::BatchMap<u32, EndpointInfo, &aya::maps::MapData>> {
         use aya::maps::IterableMap as _;
         crate::batch::BatchMap::new(self.map.map(), BY_IP_MAP)
     }

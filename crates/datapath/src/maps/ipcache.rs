@@ -146,7 +146,10 @@ impl<T: BorrowMut<MapData>> Ipcache<T> {
 impl<T: std::borrow::Borrow<aya::maps::MapData>> Ipcache<T> {
     /// The same map with batch operations: many entries per syscall
     /// (`BatchMap::update`, `delete`, `lookup`, `dump`, `for_each_chunk`).
-    pub fn batch(&self) -> crate::error::Result<crate::batch::BatchMap<IpcacheKey, IpcacheEntry, &aya::maps::MapData>> {
+    pub fn batch(
+        &self,
+    ) -> crate::error::Result<crate::batch::BatchMap<IpcacheKey, IpcacheEntry, &aya::maps::MapData>>
+    {
         use aya::maps::IterableMap as _;
         crate::batch::BatchMap::new(self.map.map(), MAP_NAME)
     }

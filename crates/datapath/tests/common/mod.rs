@@ -109,10 +109,26 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// What a test expects of frames it injects with [`send_frames_expecting`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each test binary uses the variants it needs
+pub enum Injected {
+    /// Every `sendto` succeeds.
+    Delivered,
+    /// The tc egress hook may drop them: the kernel then reports ENOBUFS.
+    MayBeDropped,
+}
+
 /// Sends `count` copies of `frame` out of interface `ifindex` through an
 /// AF_PACKET socket (so they pass that interface's tc egress hook and arrive
 /// at its veth peer's tc ingress hook).
+#[allow(dead_code)]
 pub fn send_frames(ifindex: u32, frame: &[u8], count: usize) {
+    send_frames_expecting(ifindex, frame, count, Injected::Delivered);
+}
+
+/// [`send_frames`], with what the caller expects of each `sendto`.
+pub fn send_frames_expecting(ifindex: u32, frame: &[u8], count: usize, expect: Injected) {
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
     assert!(
@@ -138,11 +154,12 @@ pub fn send_frames(ifindex: u32, frame: &[u8], count: usize) {
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        assert_eq!(
-            sent,
-            frame.len() as isize,
-            "sendto: {}",
-            std::io::Error::last_os_error()
+        let err = std::io::Error::last_os_error();
+        let dropped_at_hook =
+            expect == Injected::MayBeDropped && err.raw_os_error() == Some(libc::ENOBUFS);
+        assert!(
+            sent == frame.len() as isize || dropped_at_hook,
+            "sendto: {err}"
         );
     }
     // SAFETY: fd is ours.
