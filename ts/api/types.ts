@@ -2,11 +2,22 @@
  * The agent API's resources: what the agent answers and the CLI prints. One
  * place, so that the server, the CLI and tests agree.
  *
- *   GET  /v1/healthz                  -> { ok: true }
+ *   GET  /v1/healthz                  -> Healthz (200 when the agent can serve pods, else 503 not_ready)
  *   GET  /v1/status                   -> StatusResponse
  *   GET  /v1/endpoints                -> EndpointView[]
- *   POST /v1/endpoints                -> EndpointView          (the CNI plugin's ADD)
- *   DELETE /v1/endpoints/:containerId/:ifname                  (the CNI plugin's DEL)
+ *
+ * The CNI plugin's side (see crates/cni). ADD is: allocate an address, wire the
+ * pod (veth, /32, link-local gateway), register the endpoint; the agent attaches
+ * the datapath with the endpoint's policy before POST /v1/endpoints answers. A
+ * failed ADD releases the address. DEL deletes the endpoint (which also releases
+ * its address) and is idempotent. Keys: containerId + ifname.
+ *   POST   /v1/ipam/allocations       IpamAllocateRequest -> IpamAllocation (idempotent per key)
+ *   DELETE /v1/ipam/allocations/:containerId/:ifname -> { released: boolean }
+ *   POST   /v1/endpoints              EndpointCreateRequest -> EndpointView
+ *   GET    /v1/endpoints/:containerId/:ifname -> EndpointView (404 not_found)
+ *   DELETE /v1/endpoints/:containerId/:ifname -> EndpointDeleteResult (200 also when unknown)
+ *   POST   /v1/cni/gc                 CniGcRequest -> CniGcResult
+ *
  *   GET  /v1/identities               -> IdentityView[]
  *   GET  /v1/bpf/ipcache              -> IpcacheView[]
  *   GET  /v1/bpf/ct                   -> CtView[]
@@ -14,6 +25,79 @@
  */
 import type { Endpoint } from '../endpoint/endpoint.js';
 import type { ReconcilerStats } from '../reconcile/reconciler.js';
+
+/** Errors come back as { error: { code, message, details? } } with a 4xx/5xx status. */
+export interface ApiErrorBody {
+  error: { code: string; message: string; details?: unknown };
+}
+
+export interface Healthz {
+  ok: boolean;
+  /** What is not ready yet, when ok is false. */
+  detail?: string;
+}
+
+/** The pod a CNI request is for (CNI_ARGS K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID). */
+export interface PodRef {
+  namespace: string;
+  name: string;
+  uid?: string;
+}
+
+export interface IpamAllocateRequest {
+  containerId: string;
+  ifname: string;
+  pod: PodRef;
+}
+
+/** The link-local gateway every pod routes through (a static neighbour entry on both sides). */
+export const POD_GATEWAY = '169.254.1.1';
+
+export interface IpamAllocation {
+  containerId: string;
+  ifname: string;
+  pod: PodRef;
+  /** From the node's podCIDR, e.g. "10.244.0.17". */
+  ipv4: string;
+  /** Always 32: the pod owns one address and routes everything via the gateway. */
+  prefixLength: 32;
+  gateway: typeof POD_GATEWAY;
+  podCIDR: string;
+  allocatedAt: string;
+}
+
+export interface EndpointCreateRequest {
+  containerId: string;
+  /** Path of the pod's network namespace (CNI_NETNS). */
+  netns: string;
+  ifname: string;
+  /** Host-side veth: name and ifindex in the host namespace. */
+  hostIface: string;
+  ifindex: number;
+  /** The address allocated by POST /v1/ipam/allocations for this containerId + ifname. */
+  ipv4: string;
+  /** Pod-side MAC and host-side MAC, lower case aa:bb:cc:dd:ee:ff. */
+  mac: string;
+  nodeMac: string;
+  pod: PodRef;
+}
+
+export interface EndpointDeleteResult {
+  /** Whether an endpoint was known (and is now detached and forgotten). */
+  removed: boolean;
+  /** Whether an address was released. */
+  released: boolean;
+}
+
+export interface CniGcRequest {
+  /** The attachments the runtime still has (CNI GC cni.dev/valid-attachments); everything else is removed. */
+  valid: Array<{ containerId: string; ifname: string }>;
+}
+
+export interface CniGcResult {
+  removedEndpoints: number;
+  releasedAddresses: number;
+}
 
 export interface MapFill {
   name: string;
