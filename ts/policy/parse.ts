@@ -75,7 +75,7 @@ function isObj(v: unknown): v is Obj {
 function describe(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'a list';
-  if (typeof v === 'string') return `the string ${JSON.stringify(v.length > 60 ? `${v.slice(0, 60)}...` : v)}`;
+  if (typeof v === 'string') return JSON.stringify(v.length > 60 ? `${v.slice(0, 60)}...` : v);
   return typeof v === 'object' ? 'an object' : `${typeof v} ${String(v)}`;
 }
 
