@@ -9,6 +9,8 @@ import { NotAvailableError, OUTPUT_FORMATS, parseOutputFormat, UsageError, type 
 import { registerPendingVerbs } from './commands/not-yet.js';
 import { registerLabCommands } from './commands/lab.js';
 import { registerDemoCommand } from './commands/demo.js';
+import { registerAgentCommand } from './commands/agent.js';
+import { registerAgentVerbs } from './commands/agent-verbs.js';
 
 export interface CliContext {
   config: MembraneConfig;
@@ -48,6 +50,8 @@ export function buildProgram(io: CliIO): Command {
     });
   registerLabCommands(program, io);
   registerDemoCommand(program, io);
+  registerAgentCommand(program, io);
+  registerAgentVerbs(program, io);
   registerPendingVerbs(program);
   program.commands.forEach(applyExitOverride);
   return program;

@@ -15,16 +15,10 @@ export interface PendingVerb {
 }
 
 export const PENDING_VERBS: readonly PendingVerb[] = [
-  { path: ['status'], summary: 'Show the health of the agent, datapath and Kubernetes sync', landsWith: 'the agent (issue "Agent: reconcile Kubernetes into the datapath")' },
-  { path: ['endpoint', 'list'], summary: 'List the local endpoints with their identity and policy enforcement', landsWith: 'the agent (issue "Agent: reconcile Kubernetes into the datapath")' },
-  { path: ['identity', 'list'], summary: 'List security identities and their labels', landsWith: 'the agent (issue "Agent: reconcile Kubernetes into the datapath")' },
   { path: ['service', 'list'], summary: 'List load-balanced services and their backends', landsWith: 'service load balancing (kube-proxy replacement)' },
   { path: ['policy', 'get'], summary: 'Show the policy rules the agent has imported, with their revision', landsWith: 'network policy enforcement' },
   { path: ['policy', 'trace'], summary: 'Explain the verdict of policy for a source, destination and port', landsWith: 'network policy enforcement' },
-  { path: ['bpf', 'ct', 'list'], summary: 'List connection-tracking entries from the pinned CT maps', landsWith: 'the datapath core and agent' },
   { path: ['bpf', 'lb', 'list'], summary: 'List the load-balancer maps: frontends, backends, reverse NAT', landsWith: 'service load balancing (kube-proxy replacement)' },
-  { path: ['bpf', 'policy', 'get'], summary: 'Dump the policy map entries of one endpoint', arguments: '<endpoint>', landsWith: 'the datapath core and agent' },
-  { path: ['bpf', 'ipcache', 'list'], summary: 'List the ipcache: prefix to identity', landsWith: 'the datapath core and agent' },
   { path: ['observe'], summary: 'Show flows with verdicts, with filters as in hubble observe', landsWith: 'flow observability (Hubble-style)' },
 ];
 
