@@ -4,12 +4,12 @@
  * test checks that they match this source).
  *
  * cilium.io/v2 CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy accept the
- * policies Cilium users already write. The top of each rule is typed, so an object
- * that is plainly malformed (spec as a string, ingress not a list, a port that is
- * not a number or a name) is refused by the apiserver with a message naming the
- * field. Where the grammar is deep and still growing upstream (L7 rules, groups,
- * TLS contexts, listeners) the schema keeps unknown fields, and the agent's policy
- * parser is the judge.
+ * policies Cilium users already write. Rules are typed down to ports, protocols
+ * and HTTP/DNS rules, so an object that is plainly malformed (spec as a string,
+ * ingress not a list, a port that is an object, an unknown protocol) is refused by
+ * the apiserver with a message naming the field. Where the grammar is deep and
+ * still growing upstream (Kafka rules, groups, TLS contexts, listeners) the schema
+ * keeps unknown fields, and the agent's policy parser is the judge.
  *
  * membrane.io/v1alpha1 MembraneIdentity records one security identity: its number
  * is the object name, its security-relevant labels are the object.
@@ -92,6 +92,45 @@ const portProtocols: JsonSchema = list('Ports with their protocol.', {
   },
 });
 
+const httpRule: JsonSchema = {
+  type: 'object',
+  description: 'An HTTP request that is allowed; every field given must match (path, method and host are extended POSIX regular expressions).',
+  properties: {
+    path: str('Request path, e.g. /api/v1/.*.'),
+    method: str('Request method, e.g. GET or GET|HEAD.'),
+    host: str('Host header, e.g. api\\.example\\.com.'),
+    headers: strList('Headers that must be present, "Name" or "Name: value".'),
+    headerMatches: list('Headers to match, with what to do on a mismatch.', {
+      type: 'object',
+      required: ['name'],
+      properties: {
+        name: str('Header name.'),
+        value: str('Value the header must have.'),
+        mismatch: { type: 'string', enum: ['LOG', 'ADD', 'DELETE', 'REPLACE'], description: 'What to do when the value differs; empty drops the request.' },
+        secret: { type: 'object', required: ['name'], properties: { name: str(), namespace: str() } },
+      },
+    }),
+  },
+};
+
+const dnsRule: JsonSchema = {
+  type: 'object',
+  description: 'DNS names whose lookups are allowed.',
+  properties: { matchName: str('An exact name.'), matchPattern: str('A wildcard pattern, e.g. *.example.com.') },
+};
+
+const l7Rules: JsonSchema = {
+  type: 'object',
+  description: 'L7 rules for the ports of this entry (one kind per entry).',
+  properties: {
+    http: list('HTTP requests that are allowed.', httpRule),
+    dns: list('DNS lookups that are allowed.', dnsRule),
+    kafka: list('Kafka requests that are allowed.', open('A Kafka rule: role or apiKey, apiVersion, clientID, topic.')),
+    l7proto: str('Name of an L7 parser for l7.'),
+    l7: list('Generic key-value rules for l7proto.', { type: 'object', additionalProperties: { type: 'string' } }),
+  },
+};
+
 const portRules = (deny: boolean): JsonSchema =>
   list(
     deny ? 'Ports the rule denies; L7 rules do not apply to deny.' : 'Ports the rule allows, optionally with L7 rules.',
@@ -101,7 +140,7 @@ const portRules = (deny: boolean): JsonSchema =>
           type: 'object',
           properties: {
             ports: portProtocols,
-            rules: open('L7 rules: http, kafka, dns, l7proto with l7. Kept as written; the agent validates them.'),
+            rules: l7Rules,
             terminatingTLS: open('TLS context for connections terminated by the proxy.'),
             originatingTLS: open('TLS context for connections originated by the proxy.'),
             serverNames: strList('TLS SNI values to allow.'),

@@ -28,3 +28,13 @@ export function componentsDir(): string {
 export function crdsDir(): string {
   return join(repoRoot(), 'deploy', 'crds');
 }
+
+/** The Helm chart (deploy/helm/membrane). */
+export function helmChartDir(): string {
+  return join(repoRoot(), 'deploy', 'helm', 'membrane');
+}
+
+/** The plain manifests (deploy/*.yaml), applied after the CRDs. */
+export function deployDir(): string {
+  return join(repoRoot(), 'deploy');
+}

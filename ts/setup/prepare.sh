@@ -50,5 +50,6 @@ npm run --silent build >&2
 # 5. Lab binaries ------------------------------------------------------------
 step "checking the lab's control-plane binaries (built once from source, then cached)"
 node dist/cli/main.js lab build >&2
+bash ts/setup/build-helm.sh >/dev/null  # helm for the deploy/ chart test, built once and cached
 
 step "ready in $((SECONDS - started)) s"
