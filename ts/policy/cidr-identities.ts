@@ -49,6 +49,11 @@ export function policyCidrs(policies: readonly ParsedPolicy[]): string[] {
  * a duplicate number in `previous`, or when the 2^24 - 1 local numbers are exhausted.
  */
 export function assignCidrIdentities(cidrs: readonly string[], previous: ReadonlyMap<string, number>): Map<string, number> {
+  return assignCidrIdentitiesInRange(cidrs, previous, FIRST_CIDR_IDENTITY, LAST_CIDR_IDENTITY);
+}
+
+/** assignCidrIdentities over the numbers first..last (a small range makes exhaustion testable). */
+export function assignCidrIdentitiesInRange(cidrs: readonly string[], previous: ReadonlyMap<string, number>, first: number, last: number): Map<string, number> {
   const wanted = [...new Set(cidrs.map((c) => {
     const p = parseCidr(c);
     if (!p.ok) throw new RangeError(`assignCidrIdentities: ${p.reason}`);
@@ -59,7 +64,7 @@ export function assignCidrIdentities(cidrs: readonly string[], previous: Readonl
   const prevByCidr = new Map<string, number>();
   const usedBefore = new Set<number>();
   for (const [text, id] of previous) {
-    if (!Number.isInteger(id) || id < FIRST_CIDR_IDENTITY || id > LAST_CIDR_IDENTITY) throw new RangeError(`assignCidrIdentities: ${text} has identity ${id}, outside the local CIDR range ${FIRST_CIDR_IDENTITY}..${LAST_CIDR_IDENTITY}`);
+    if (!Number.isInteger(id) || id < first || id > last) throw new RangeError(`assignCidrIdentities: ${text} has identity ${id}, outside the local CIDR range ${first}..${last}`);
     if (usedBefore.has(id)) throw new RangeError(`assignCidrIdentities: identity ${id} appears twice in the previous assignment`);
     usedBefore.add(id);
     const p = parseCidr(text);
@@ -77,16 +82,16 @@ export function assignCidrIdentities(cidrs: readonly string[], previous: Readonl
   }
   freed.sort((a, b) => a - b);
 
-  let next = FIRST_CIDR_IDENTITY;
+  let next = first;
   let freedIndex = 0;
   const take = (): number => {
-    while (next <= LAST_CIDR_IDENTITY && (usedBefore.has(next) || taken.has(next))) next++;
-    if (next <= LAST_CIDR_IDENTITY) return next++;
+    while (next <= last && (usedBefore.has(next) || taken.has(next))) next++;
+    if (next <= last) return next++;
     while (freedIndex < freed.length) {
       const id = freed[freedIndex++]!;
       if (!taken.has(id)) return id;
     }
-    throw new RangeError('assignCidrIdentities: the local identity space (2^24 - 1 CIDR identities) is exhausted');
+    throw new RangeError(`assignCidrIdentities: the local identity space (${last - first + 1} CIDR identities) is exhausted`);
   };
   for (const text of wanted) {
     if (out.has(text)) continue;
