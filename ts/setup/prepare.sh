@@ -51,5 +51,6 @@ npm run --silent build >&2
 step "checking the lab's control-plane binaries (built once from source, then cached)"
 node dist/cli/main.js lab build >&2
 bash ts/setup/build-helm.sh >/dev/null  # helm for the deploy/ chart test, built once and cached
+bash ts/setup/build-cnitool.sh >/dev/null  # cnitool (the reference CNI client) for the CNI e2e test, built once and cached
 
 step "ready in $((SECONDS - started)) s"
