@@ -4,6 +4,8 @@
 import type { Command } from 'commander';
 import { ensureLabBinaries, type LabBinaries } from '../../lab/build.js';
 import { labDown, labStatus, labUp, type LabDownResult, type LabStatus, type LabUpResult } from '../../lab/lab.js';
+import { labKubeConfig } from '../../lab/kube.js';
+import { DEFAULT_PROBE_TIMEOUT_MS, humanProbe, parseProbeArgs, ProbeUsageError, resolveProbe, runProbeInNetns, type ProbeArgs, type ProbeResult } from '../../lab/probe.js';
 import { NotAvailableError, render, table, UsageError } from '../output.js';
 import { contextOf, type CliIO } from '../program.js';
 
@@ -77,13 +79,49 @@ MEMBRANE_LAB_APISERVER_PORT=26443. up and down need root (blackhole routes).`,
 
   lab
     .command('probe')
-    .description('Connect from one lab pod to a pod, service or IP and report the verdict [not available yet]')
-    .argument('<from>', 'source pod, namespace/name')
-    .argument('<to>', 'destination: pod (namespace/name), service (svc/namespace/name) or IP, with :port')
-    .addHelpText('after', '\nNot available yet: lands with the CNI plugin and the lab node simulator, which realize lab pods.')
-    .action(() => {
-      throw new NotAvailableError('membrane lab probe is not available yet: it lands with the CNI plugin and the lab node simulator (pods must exist as network namespaces first). Nothing was done.');
+    .description('Connect from inside a lab pod to a pod, service or IP and report the outcome (exit 0 only when connected)')
+    .argument('<from>', 'source pod: namespace/name')
+    .argument('<to>', 'destination: a pod (namespace/name), a service (svc/namespace/name) or an IPv4 address')
+    .option('--port <port>', 'destination port (required)')
+    .option('--protocol <protocol>', 'tcp, udp or sctp', 'tcp')
+    .option('--http <method-and-path...>', 'send an HTTP request, e.g. --http GET /healthz (tcp only)')
+    .option('-H, --header <name:value>', 'an HTTP request header (repeatable; with --http)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--timeout <ms>', `how long to wait for the connection and the answer, in milliseconds (default ${DEFAULT_PROBE_TIMEOUT_MS})`)
+    .addHelpText(
+      'after',
+      `
+The probe runs inside the source pod's network namespace (the lab's node simulator
+made it), so it needs root. Outcomes: connected (TCP handshake done; the lab's pod
+servers echo what is sent, and answer HTTP requests with their method, path and
+headers as JSON), refused (RST or ICMP port unreachable), timed out (nothing came
+back: e.g. dropped by policy), unreachable. SCTP is not supported (Node.js has no
+SCTP sockets). Examples:
+  membrane lab probe default/client default/server --port 8080
+  membrane lab probe default/client svc/default/web --port 80 --http GET /api -H x-user:alice
+  membrane lab probe default/client 10.244.0.9 --port 53 --protocol udp --timeout 1000`,
+    )
+    .action(async (from: string, to: string, opts: { port?: string; protocol?: string; http?: string[]; header?: string[]; timeout?: string }, command: Command) => {
+      const ctx = contextOf(command, io);
+      let args: ProbeArgs;
+      try {
+        args = parseProbeArgs({ from, to, ...opts });
+      } catch (err) {
+        if (err instanceof ProbeUsageError) throw new UsageError(err.message);
+        throw err;
+      }
+      if (args.protocol === 'sctp') throw new NotAvailableError('SCTP probes are not supported: Node.js has no SCTP sockets, so the lab can neither send nor serve SCTP. Probe with --protocol tcp or udp. Nothing was sent.');
+      if (process.getuid?.() !== 0) throw new UsageError('membrane lab probe needs root: it runs the connection inside the source pod\'s network namespace (ip netns exec)');
+      const result = await runProbeInNetns(await resolveProbe(labKubeConfig(ctx.config.lab), args), args);
+      ctx.print(render({ value: result, human: humanProbe }, ctx.output));
+      if (result.outcome !== 'connected') throw new ProbeNotConnected(result);
     });
+}
+
+/** The probe ran and did not connect: the result is printed; the exit code is 1. */
+class ProbeNotConnected extends Error {
+  constructor(r: ProbeResult) {
+    super(`${r.from} could not connect to ${r.to} ${r.protocol.toUpperCase()}/${r.port}: ${r.outcome}`);
+  }
 }
 
 function buildValue(b: LabBinaries) {
