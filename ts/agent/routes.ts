@@ -68,6 +68,11 @@ export function status(agent: Agent): StatusResponse {
     endpoints: { total: eps.length, ready: eps.filter((e) => e.state === 'ready').length },
     identities: { total: RESERVED_IDENTITIES.length + cluster.length + agent.policy.cidrIdentities().size, cluster: cluster.length, reserved: RESERVED_IDENTITIES.length },
     reconcilers,
+    ...(agent.startup ? { startup: agent.startup } : {}),
+    policy: {
+      policies: agent.policy.policies,
+      problems: agent.policy.problems.map((p) => ({ policy: `${p.policy.kind} ${p.policy.namespace ? `${p.policy.namespace}/` : ''}${p.policy.name}`, field: p.field, message: p.message, severity: p.severity })),
+    },
   };
 }
 

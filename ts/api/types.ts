@@ -112,6 +112,10 @@ export interface StatusResponse {
   endpoints: { total: number; ready: number };
   identities: { total: number; cluster: number; reserved: number };
   reconcilers: ReconcilerStats[];
+  /** How the last start went: what was adopted, and how many map writes the first pass needed. */
+  startup?: { datapath: 'loaded' | 'adopted' | 'upgraded'; endpointsRestored: number; endpointsRemoved: number; firstPassWrites: number; readyMs: number };
+  /** Policies imported, and their problems (a malformed policy is skipped, failing closed). */
+  policy?: { policies: number; problems: Array<{ policy: string; field: string; message: string; severity: 'error' | 'warning' }> };
 }
 
 export interface EndpointView extends Endpoint {

@@ -18,6 +18,8 @@ export function formatStatus(s: StatusResponse): string {
     `Datapath:         ${ok(s.datapath.ok)}   ${s.datapath.pinDir}${s.datapath.detail ? `; ${s.datapath.detail}` : ''}`,
     `Endpoints:        ${s.endpoints.ready}/${s.endpoints.total} ready`,
     `Identities:       ${s.identities.total} (${s.identities.cluster} cluster, ${s.identities.reserved} reserved)`,
+    ...(s.policy ? [`Policies:         ${s.policy.policies} imported${s.policy.problems.length ? `, ${s.policy.problems.length} problems:` : ''}`, ...s.policy.problems.map((p) => `  ${p.severity} ${p.policy} ${p.field}: ${p.message}`)] : []),
+    ...(s.startup ? [`Last start:       datapath ${s.startup.datapath}, ${s.startup.endpointsRestored} endpoints restored, ${s.startup.firstPassWrites} map writes in the first pass, ready in ${s.startup.readyMs} ms`] : []),
     'Maps:',
     ...s.datapath.maps.map((m) => `  ${m.name.padEnd(16)} ${String(m.entries).padStart(8)} / ${m.maxEntries} (${((100 * m.entries) / Math.max(1, m.maxEntries)).toFixed(1)}%)`),
     'Reconcilers:',
