@@ -47,7 +47,7 @@ import type { SecurityLabels } from '../identity/labels.js';
 import { cidrContains, parseCidr, type Cidr } from './cidr.js';
 import { CLUSTER_ENTITY_RESERVED } from './parse.js';
 import { PREFIX_ANY_PORT, PREFIX_ANY_PROTO, portRangePrefixes } from './ports.js';
-import { IdentitySelectorCache, labelView, selectorMatches, type LabelView } from './selector.js';
+import { IdentitySelectorCache } from './selector.js';
 import type { ParsedPolicy, PeerMatch, PolicyProblem, PortMatch, TrafficRule } from './types.js';
 
 export interface PolicyEndpoint {
@@ -105,9 +105,19 @@ function l4Covers(outer: L4Code, inner: L4Code): boolean {
   return o.port >>> shift === i.port >>> shift;
 }
 
-interface Verdict {
-  action: number;
-  cookie: number;
+/** An action and a cookie packed into one number (cookie * 4 + action): no allocation per entry. */
+type Verdict = number;
+
+function verdict(action: number, cookie: number): Verdict {
+  return cookie * 4 + action;
+}
+
+function actionOf(v: Verdict): number {
+  return v % 4;
+}
+
+function cookieOf(v: Verdict): number {
+  return Math.floor(v / 4);
 }
 
 /** direction (1, 2) -> identity -> L4 code -> verdict. */
@@ -115,10 +125,11 @@ type Table = [Map<number, Map<L4Code, Verdict>>, Map<number, Map<L4Code, Verdict
 
 interface EndpointState {
   ep: PolicyEndpoint;
-  view: LabelView;
   defaultDeny: [boolean, boolean];
   table: Table;
   hasDeny: [boolean, boolean];
+  /** Rule applications already done (see applyTrafficRule). */
+  applied: Set<string>;
 }
 
 function put(state: EndpointState, dirIndex: 0 | 1, identity: number, code: L4Code, action: number, cookie: number): void {
@@ -127,9 +138,9 @@ function put(state: EndpointState, dirIndex: 0 | 1, identity: number, code: L4Co
   if (!byL4) byId.set(identity, (byL4 = new Map()));
   const cur = byL4.get(code);
   if (action === POLICY_DENY) state.hasDeny[dirIndex] = true;
-  if (!cur) byL4.set(code, { action, cookie });
-  else if (action === POLICY_DENY && cur.action !== POLICY_DENY) byL4.set(code, { action, cookie });
-  else if (action === cur.action && cookie < cur.cookie) cur.cookie = cookie;
+  if (cur === undefined || (action === POLICY_DENY && actionOf(cur) !== POLICY_DENY) || (action === actionOf(cur) && cookie < cookieOf(cur))) {
+    byL4.set(code, verdict(action, cookie));
+  }
 }
 
 function l4Codes(ports: readonly PortMatch[]): L4Code[] {
@@ -140,6 +151,8 @@ function l4Codes(ports: readonly PortMatch[]): L4Code[] {
   }
   return [...out];
 }
+
+const ANY_PEER_IDS: readonly number[] = Object.freeze([0]);
 
 /** Resolves peers to identities, with caches shared by every rule of one compilation. */
 class PeerResolver {
@@ -195,7 +208,7 @@ class PeerResolver {
   resolve(peer: PeerMatch, action: 'allow' | 'deny', report: (severity: 'error' | 'warning', message: string) => void): readonly number[] {
     switch (peer.kind) {
       case 'any':
-        return [0];
+        return ANY_PEER_IDS;
       case 'identities':
         return peer.ids;
       case 'entityCluster':
@@ -227,15 +240,15 @@ function compareKeys(a: PolicyKey, b: PolicyKey): number {
 /** Writes each covering deny into the more specific allow keys of the same identity. */
 function propagateDenies(byL4: Map<L4Code, Verdict>): void {
   const denies: Array<[L4Code, Verdict]> = [];
-  for (const [code, v] of byL4) if (v.action === POLICY_DENY) denies.push([code, v]);
+  for (const [code, v] of byL4) if (actionOf(v) === POLICY_DENY) denies.push([code, v]);
   if (denies.length === 0) return;
   // Most specific first: an allow takes the verdict the trie would have returned without it.
   denies.sort((a, b) => l4Decode(b[0]).prefixLen - l4Decode(a[0]).prefixLen || a[0] - b[0]);
   for (const [code, v] of byL4) {
-    if (v.action === POLICY_DENY) continue;
+    if (actionOf(v) === POLICY_DENY) continue;
     for (const [dcode, dv] of denies) {
       if (l4Covers(dcode, code)) {
-        byL4.set(code, { action: POLICY_DENY, cookie: dv.cookie });
+        byL4.set(code, dv);
         break;
       }
     }
@@ -246,6 +259,15 @@ export function compilePolicy(inputs: CompileInputs): CompileResult {
   const problems: PolicyProblem[] = [];
   const resolver = new PeerResolver(inputs.identities, inputs.cidrIdentities);
   const allowFromHost = inputs.allowFromHost ?? true;
+  const listIds = new Map<readonly number[], number>();
+  const ctx: CompileContext = {
+    resolver,
+    listId(ids) {
+      let n = listIds.get(ids);
+      if (n === undefined) listIds.set(ids, (n = listIds.size));
+      return n;
+    },
+  };
 
   const states: EndpointState[] = [];
   const seen = new Set<number>();
@@ -253,20 +275,22 @@ export function compilePolicy(inputs: CompileInputs): CompileResult {
     if (!Number.isInteger(ep.id) || ep.id < 1 || ep.id > 0xffff) throw new RangeError(`endpoint id ${ep.id} is not in 1..65535`);
     if (seen.has(ep.id)) throw new RangeError(`endpoint id ${ep.id} appears twice in the compile inputs`);
     seen.add(ep.id);
-    states.push({ ep, view: labelView(ep.labels), defaultDeny: [false, false], table: [new Map(), new Map()], hasDeny: [false, false] });
+    states.push({ ep, defaultDeny: [false, false], table: [new Map(), new Map()], hasDeny: [false, false], applied: new Set() });
   }
   states.sort((a, b) => a.ep.id - b.ep.id);
+  const stateById = new Map(states.map((s) => [s.ep.id, s]));
+  const subjectIndex = new IdentitySelectorCache(new Map(states.map((s) => [s.ep.id, s.ep.labels])), false);
 
   const policies = [...inputs.policies].sort((a, b) => a.cookie - b.cookie);
   for (const policy of policies) {
     for (const rule of policy.rules) {
-      const subjects = states.filter((s) => selectorMatches(s.view, rule.subject));
+      const subjects = subjectIndex.select(rule.subject).map((id) => stateById.get(id)!);
       if (subjects.length === 0) continue;
       for (const s of subjects) {
         if (rule.defaultDeny.ingress) s.defaultDeny[0] = true;
         if (rule.defaultDeny.egress) s.defaultDeny[1] = true;
       }
-      for (const tr of rule.traffic) applyTrafficRule(tr, policy, subjects, resolver, problems);
+      for (const tr of rule.traffic) applyTrafficRule(tr, policy, subjects, ctx, problems);
     }
   }
 
@@ -274,20 +298,35 @@ export function compilePolicy(inputs: CompileInputs): CompileResult {
   return { endpoints, problems };
 }
 
-function applyTrafficRule(tr: TrafficRule, policy: ParsedPolicy, subjects: EndpointState[], resolver: PeerResolver, problems: PolicyProblem[]): void {
+/**
+ * Applies one traffic rule to its subject endpoints. Policies are applied in ascending cookie
+ * order, so applying the same resolved peer list with the same L4 codes and action to an
+ * endpoint a second time cannot change anything (the cookie is not lower): such repeats,
+ * common with shared selectors and entities, are skipped.
+ */
+function applyTrafficRule(tr: TrafficRule, policy: ParsedPolicy, subjects: EndpointState[], ctx: CompileContext, problems: PolicyProblem[]): void {
   const action = tr.action === 'deny' ? POLICY_DENY : POLICY_ALLOW;
-  const ids = new Set<number>();
-  tr.peers.forEach((peer, i) => {
-    const report = (severity: 'error' | 'warning', message: string) => problems.push({ policy: policy.source, field: `${tr.field} (peer ${i + 1})`, message, severity });
-    for (const id of resolver.resolve(peer, tr.action, report)) ids.add(id);
-  });
-  if (ids.size === 0) return;
   const codes = l4Codes(tr.ports);
   if (codes.length === 0) return;
+  const codesKey = codes.join(',');
   const dirIndex = tr.direction === TRAFFIC_INGRESS ? 0 : 1;
-  for (const s of subjects) {
-    for (const id of ids) for (const code of codes) put(s, dirIndex, id, code, action, policy.cookie);
-  }
+  tr.peers.forEach((peer, i) => {
+    const report = (severity: 'error' | 'warning', message: string) => problems.push({ policy: policy.source, field: `${tr.field} (peer ${i + 1})`, message, severity });
+    const ids = ctx.resolver.resolve(peer, tr.action, report);
+    if (ids.length === 0) return;
+    const application = `${dirIndex}|${action}|${ctx.listId(ids)}|${codesKey}`;
+    for (const s of subjects) {
+      if (s.applied.has(application)) continue;
+      s.applied.add(application);
+      for (const id of ids) for (const code of codes) put(s, dirIndex, id, code, action, policy.cookie);
+    }
+  });
+}
+
+interface CompileContext {
+  resolver: PeerResolver;
+  /** A number per distinct identity list object (resolved lists are cached and shared). */
+  listId(ids: readonly number[]): number;
 }
 
 function finish(s: EndpointState, allowFromHost: boolean): EndpointPolicy {
@@ -305,7 +344,7 @@ function finish(s: EndpointState, allowFromHost: boolean): EndpointPolicy {
       propagateDenies(byL4);
       for (const [code, v] of byL4) {
         const { prefixLen, proto, port } = l4Decode(code);
-        entries.push([{ prefixLen, epId: s.ep.id, direction, identity, proto, dport: port }, { action: v.action, cookie: v.cookie }] as const);
+        entries.push([{ prefixLen, epId: s.ep.id, direction, identity, proto, dport: port }, { action: actionOf(v), cookie: cookieOf(v) }] as const);
       }
     }
   }

@@ -211,25 +211,35 @@ export function labelView(labels: SecurityLabels): LabelView {
   return { exact, bare };
 }
 
-const NO_VALUES: readonly string[] = [];
-
-function valuesFor(view: LabelView, r: LabelRequirement): readonly string[] {
-  if (r.source === null) return view.bare.get(r.key) ?? NO_VALUES;
-  const v = view.exact.get(`${r.source}:${r.key}`);
-  return v === undefined ? NO_VALUES : [v];
+function hasAny(vals: readonly string[], wanted: readonly string[]): boolean {
+  for (const v of vals) if (wanted.includes(v)) return true;
+  return false;
 }
 
 export function requirementMatches(view: LabelView, r: LabelRequirement): boolean {
-  const vals = valuesFor(view, r);
+  if (r.source !== null) {
+    const v = view.exact.get(`${r.source}:${r.key}`);
+    switch (r.operator) {
+      case 'In':
+        return v !== undefined && r.values.includes(v);
+      case 'NotIn':
+        return v === undefined || !r.values.includes(v);
+      case 'Exists':
+        return v !== undefined;
+      case 'DoesNotExist':
+        return v === undefined;
+    }
+  }
+  const vals = view.bare.get(r.key);
   switch (r.operator) {
     case 'In':
-      return vals.some((v) => r.values.includes(v));
+      return vals !== undefined && hasAny(vals, r.values);
     case 'NotIn':
-      return !vals.some((v) => r.values.includes(v));
+      return vals === undefined || !hasAny(vals, r.values);
     case 'Exists':
-      return vals.length > 0;
+      return vals !== undefined;
     case 'DoesNotExist':
-      return vals.length === 0;
+      return vals === undefined;
   }
 }
 
@@ -239,12 +249,14 @@ export function selectorMatches(view: LabelView, sel: LabelSelector): boolean {
 }
 
 /**
- * Evaluates peer selectors against every known identity, with an index by label and a cache
- * by canonical selector. Cluster identities are candidates for every selector; the reserved
- * identities only for selectors that name a reserved label (so `{}` never means "the world").
+ * Evaluates selectors against a set of labelled things (identities, or local endpoints), with
+ * an index by label and a cache by canonical selector. Every member is a candidate for every
+ * selector; with `withReserved`, the reserved identities are candidates too, but only for
+ * selectors that name a reserved label (so `{}` never means "the world").
  */
 export class IdentitySelectorCache {
   private readonly views = new Map<number, LabelView>();
+  private readonly identities: ReadonlyMap<number, SecurityLabels>;
   private readonly allIds: readonly number[];
   /** "source:key" -> value -> ids, and bare key -> value -> ids (any source). */
   private readonly byExact = new Map<string, Map<string, number[]>>();
@@ -252,7 +264,8 @@ export class IdentitySelectorCache {
   private readonly reservedViews: ReadonlyArray<readonly [number, LabelView]>;
   private readonly cache = new Map<string, readonly number[]>();
 
-  constructor(identities: ReadonlyMap<number, SecurityLabels>) {
+  constructor(identities: ReadonlyMap<number, SecurityLabels>, withReserved = true) {
+    this.identities = identities;
     const ids = [...identities.keys()].sort((a, b) => a - b);
     this.allIds = ids;
     const add = (index: Map<string, Map<string, number[]>>, key: string, value: string, id: number) => {
@@ -264,14 +277,14 @@ export class IdentitySelectorCache {
     };
     for (const id of ids) {
       const labels = identities.get(id)!;
-      this.views.set(id, labelView(labels));
-      for (const [k, v] of Object.entries(labels)) {
+      for (const k in labels) {
+        const v = labels[k]!;
         add(this.byExact, k, v, id);
         const colon = k.indexOf(':');
         add(this.byBare, colon >= 0 ? k.slice(colon + 1) : k, v, id);
       }
     }
-    this.reservedViews = RESERVED_IDENTITIES.map((r) => [r.id, labelView(r.labels)] as const);
+    this.reservedViews = withReserved ? RESERVED_IDENTITIES.map((r) => [r.id, labelView(r.labels)] as const) : [];
   }
 
   /** Sorted ids of the identities `sel` selects. */
@@ -281,11 +294,17 @@ export class IdentitySelectorCache {
     if (hit) return hit;
     const out: number[] = [];
     if (namesReserved(sel)) for (const [id, view] of this.reservedViews) if (selectorMatches(view, sel)) out.push(id);
-    for (const id of this.candidates(sel)) if (selectorMatches(this.views.get(id)!, sel)) out.push(id);
+    for (const id of this.candidates(sel)) if (selectorMatches(this.view(id), sel)) out.push(id);
     out.sort((a, b) => a - b);
     const result = Object.freeze(dedupSorted(out));
     this.cache.set(key, result);
     return result;
+  }
+
+  private view(id: number): LabelView {
+    let v = this.views.get(id);
+    if (!v) this.views.set(id, (v = labelView(this.identities.get(id)!)));
+    return v;
   }
 
   /** The smallest candidate list an In requirement gives, or every identity. */
