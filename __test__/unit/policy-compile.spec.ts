@@ -199,6 +199,14 @@ test('cilium 0.0.0.0/0 is the world plus every policy CIDR (minus excepts)', (t)
   t.false(r.cidrIdentities.has('0.0.0.0/0'));
 });
 
+test('the world entity keeps addresses that a policy CIDR gives a CIDR identity', (t) => {
+  const r = compile([
+    cnp('to-world', { endpointSelector: { matchLabels: { role: 'frontend' } }, egress: [{ toEntities: ['world'] }] }),
+    cnp('names-a-cidr', { endpointSelector: { matchLabels: { role: 'db' } }, egress: [{ toCIDR: ['1.1.1.1/32'] }] }),
+  ]);
+  t.deepEqual(lines(ep(r, EP.frontend)).map((l) => Number(l.split(' ')[1])), [2, 9, r.cidrIdentities.get('1.1.1.1/32')!]);
+});
+
 test('cilium toPorts ranges, ANY protocol, ICMP types', (t) => {
   const r = compile([
     cnp('ports', {

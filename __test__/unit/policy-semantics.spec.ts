@@ -6,7 +6,9 @@
  * direction is enforced) is run over the compiled entries for many packets, and compared with
  * the verdict computed directly from the parsed rules. Policies are random (seeded), mixing
  * allows and denies, selectors and entities, every-port, single-port, range and ICMP matches,
- * so the covering-deny copies and the prefix splits are exercised where they matter.
+ * so the covering-deny copies and the prefix splits are exercised where they matter. CIDR
+ * policies are checked the same way through a model of the ipcache (an address carries the
+ * identity of the longest policy CIDR covering it, else world).
  * The synthetic cluster of the benchmark is compiled too, checking structural invariants.
  */
 import test from 'ava';
@@ -15,7 +17,7 @@ import type { SecurityLabels } from '../../ts/identity/labels.js';
 import { RESERVED_IDENTITIES } from '../../ts/identity/reserved.js';
 import { compileInputsFor, syntheticCluster } from '../../ts/policy/bench.js';
 import { CLUSTER_ENTITY_RESERVED } from '../../ts/policy/parse.js';
-import { compilePolicy, parsePolicy, type EndpointPolicy, type ParsedPolicy, type PeerMatch, type PolicyEndpoint, type PortMatch } from '../../ts/policy/index.js';
+import { assignCidrIdentities, compilePolicy, parsePolicy, policyCidrs, type EndpointPolicy, type ParsedPolicy, type PeerMatch, type PolicyEndpoint, type PortMatch } from '../../ts/policy/index.js';
 import { labelView, namesReserved, selectorMatches } from '../../ts/policy/selector.js';
 
 /** mulberry32: a small seeded PRNG so failures reproduce. */
@@ -194,6 +196,104 @@ test('random policies: the datapath reading of the compiled map equals the rules
     }
   }
   t.true(checked > 50_000, `checked ${checked} packets`);
+});
+
+// ---- CIDRs: the ipcache model ------------------------------------------------------------------
+
+/** Nested and disjoint blocks, so excepts, containment and longest-prefix all matter. */
+const CIDR_POOL = ['0.0.0.0/0', '10.0.0.0/8', '10.1.0.0/16', '10.1.2.0/24', '10.1.2.128/25', '10.1.3.0/24', '10.2.0.0/16', '192.168.0.0/16', '192.168.1.0/24', '1.1.1.1/32'];
+const ADDRESSES = ['10.1.2.200', '10.1.2.5', '10.1.3.7', '10.1.4.1', '10.2.9.9', '10.9.9.9', '192.168.1.1', '192.168.2.2', '1.1.1.1', '8.8.8.8', '172.16.0.1'];
+
+function ipNum(a: string): number {
+  return a.split('.').reduce((n, x) => n * 256 + Number(x), 0);
+}
+
+function inCidr(addr: string, cidr: string): boolean {
+  const [base, len] = cidr.split('/') as [string, string];
+  const size = 2 ** (32 - Number(len));
+  return Math.floor(ipNum(addr) / size) === Math.floor(ipNum(base) / size);
+}
+
+/** The identity the ipcache gives an address with no pod on it: the longest policy CIDR, else world. */
+function ipcacheIdentity(addr: string, cidrIds: ReadonlyMap<string, number>): number {
+  let best: [number, number] | undefined;
+  for (const [cidr, id] of cidrIds) {
+    const len = Number(cidr.split('/')[1]);
+    if (inCidr(addr, cidr) && (!best || len > best[0])) best = [len, id];
+  }
+  return best ? best[1] : 2;
+}
+
+function randomCidrPeer(r: () => number): Record<string, unknown> {
+  const x = r();
+  if (x < 0.15) return { toEntities: ['world'] };
+  const cidr = CIDR_POOL[Math.floor(r() * CIDR_POOL.length)]!;
+  const inside = CIDR_POOL.filter((c) => c !== cidr && inCidr(c.split('/')[0]!, cidr) && Number(c.split('/')[1]) > Number(cidr.split('/')[1]));
+  const except = inside.filter(() => r() < 0.4);
+  if (x < 0.3) return { toCIDR: [cidr] };
+  return { toCIDRSet: [{ cidr, except }] };
+}
+
+function addrMatches(p: PeerMatch, addr: string): boolean {
+  switch (p.kind) {
+    case 'any':
+      return true;
+    case 'identities':
+      return p.ids.includes(2);
+    case 'cidr':
+      return inCidr(addr, p.cidr) && !p.except.some((e) => inCidr(addr, e));
+    default:
+      return false;
+  }
+}
+
+test('random CIDR policies: ipcache identity + compiled map equal the rules, address by address', (t) => {
+  let checked = 0;
+  for (let seed = 1; seed <= 150; seed++) {
+    const r = rng(1000 + seed);
+    const objs: unknown[] = [];
+    const count = 1 + Math.floor(r() * 4);
+    for (let i = 0; i < count; i++) {
+      const spec: Record<string, unknown> = { endpointSelector: {} };
+      if (r() < 0.8) spec.egress = Array.from({ length: 1 + Math.floor(r() * 2) }, () => ({ ...randomCidrPeer(r), ...(r() < 0.3 ? { toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }] } : {}) }));
+      if (r() < 0.4) spec.egressDeny = [randomCidrPeer(r)];
+      objs.push({ kind: 'CiliumNetworkPolicy', metadata: { name: `c${i}`, namespace: NS }, spec });
+    }
+    const policies = objs.map((o) => {
+      const res = parsePolicy(o);
+      if (!res.ok) throw new Error(JSON.stringify(res.problems));
+      return res.policy;
+    });
+    const cidrIds = assignCidrIdentities(policyCidrs(policies), new Map());
+    const out = compilePolicy({ policies, endpoints: endpoints.slice(0, 1), identities, cidrIdentities: cidrIds, allowFromHost: false });
+    t.deepEqual(out.problems, []);
+    const compiled = out.endpoints[0]!;
+    for (const addr of ADDRESSES) {
+      for (const port of [443, 80]) {
+        let allowed = false;
+        let denied = false;
+        let enforced = false;
+        for (const p of policies) {
+          for (const rule of p.rules) {
+            if (rule.defaultDeny.egress) enforced = true;
+            for (const tr of rule.traffic) {
+              if (!tr.peers.some((x) => addrMatches(x, addr)) || !tr.ports.some((x) => portMatches(x, 6, port))) continue;
+              if (tr.action === 'deny') denied = true;
+              else allowed = true;
+            }
+          }
+        }
+        const want = denied ? 'deny' : !enforced || allowed ? 'allow' : 'drop';
+        const got = datapathVerdict(compiled, 2, ipcacheIdentity(addr, cidrIds), 6, port);
+        if (want !== got) {
+          t.fail(`seed ${seed}: ${addr}:${port}: rules say ${want}, ipcache+map say ${got}\n${JSON.stringify(objs)}\n${JSON.stringify([...cidrIds])}`);
+          return;
+        }
+        checked++;
+      }
+    }
+  }
+  t.true(checked > 2000, `checked ${checked}`);
 });
 
 test('the synthetic 500-policy cluster compiles cleanly: sorted, unique keys, keys of their own endpoint', (t) => {

@@ -20,7 +20,10 @@
  * Peers. A selector peer becomes the cluster identities whose labels match (and the reserved
  * identities when the selector names a reserved label); "every peer" is identity 0; entities
  * are their reserved identities ("cluster" = every known identity plus host, remote-node,
- * init, health, unmanaged, kube-apiserver, ingress; "world" = 2 and 9; "all" = identity 0). A
+ * init, health, unmanaged, kube-apiserver, ingress; "world" = 2 and 9; "all" = identity 0).
+ * Every CIDR identity is also part of the world: a peer list holding 2 or 9 (the world entity,
+ * a selector on reserved:world) holds every CIDR identity too, so naming 1.1.1.1/32 in one
+ * policy does not take 1.1.1.1 out of another policy's "world". A
  * CIDR peer is the CIDR identity of that CIDR and of every policy CIDR inside it, except the
  * except-CIDRs and every policy CIDR inside those; a /0 also stands for world (2 and 9),
  * which is what the ipcache gives an address no CIDR covers. A CIDR with no identity in
@@ -37,6 +40,11 @@
  * datapath looks up the peer identity and identity 0 and lets any deny win across the two,
  * but within one identity the LPM trie returns only the most specific entry, so a deny that
  * covers a more specific allow of the same identity is also written at that allow's key.
+ *
+ * Cost. Subjects are selected through a label index of the endpoints, peers through a label
+ * index of the identities, both cached by selector. Policies are applied in cookie order, so
+ * a rule application that repeats an earlier one (same resolved peers, ports and action on the
+ * same endpoint) cannot change anything and is skipped.
  *
  * Output. Every input endpoint appears once, sorted by id; entries are sorted by direction,
  * identity, protocol, port and prefix length.
@@ -160,6 +168,7 @@ class PeerResolver {
   private readonly cidrs: Array<{ cidr: Cidr; text: string; id: number }>;
   private readonly cidrCache = new Map<string, { ids: readonly number[]; missing: string[]; missingExcept: string[] }>();
   private readonly clusterIds: readonly number[];
+  private readonly worldCache = new Map<readonly number[], readonly number[]>();
 
   constructor(identities: ReadonlyMap<number, SecurityLabels>, cidrIdentities: ReadonlyMap<string, number>) {
     this.selectors = new IdentitySelectorCache(identities);
@@ -170,6 +179,21 @@ class PeerResolver {
       this.cidrs.push({ cidr: p.cidr, text: p.text, id });
     }
     this.clusterIds = [...new Set([...identities.keys(), ...CLUSTER_ENTITY_RESERVED])];
+  }
+
+  /**
+   * Addresses outside the cluster are the world, whether or not a policy CIDR covers them and
+   * gives them a CIDR identity: a list that holds world (2 or 9) also holds every CIDR identity.
+   * Cached by list, so equal inputs give the same array.
+   */
+  private withCidrsIfWorld(ids: readonly number[]): readonly number[] {
+    if (this.cidrs.length === 0 || !(ids.includes(ReservedId.world) || ids.includes(ReservedId.worldIPv4))) return ids;
+    let out = this.worldCache.get(ids);
+    if (!out) {
+      out = [...new Set([...ids, ...this.cidrs.map((c) => c.id)])].sort((a, b) => a - b);
+      this.worldCache.set(ids, out);
+    }
+    return out;
   }
 
   private hasIdentity(text: string): boolean {
@@ -210,11 +234,11 @@ class PeerResolver {
       case 'any':
         return ANY_PEER_IDS;
       case 'identities':
-        return peer.ids;
+        return this.withCidrsIfWorld(peer.ids);
       case 'entityCluster':
         return this.clusterIds;
       case 'selector':
-        return this.selectors.select(peer.selector);
+        return this.withCidrsIfWorld(this.selectors.select(peer.selector));
       case 'cidr': {
         const r = this.cidr(peer);
         if (action === 'allow') {
