@@ -67,7 +67,7 @@ const malformed: Array<[string, unknown, string, RegExp]> = [
   ['CNP L7 in a deny', cnp({ endpointSelector: {}, ingressDeny: [{ toPorts: [{ ports: [{ port: '80' }], rules: { http: [{ method: 'GET' }] } }] }] }), 'spec.ingressDeny[0].toPorts[0].rules', /not allowed in a deny/],
   ['CNP FQDN in a deny', cnp({ endpointSelector: {}, egressDeny: [{ toFQDNs: [{ matchName: 'x.com' }] }] }), 'spec.egressDeny[0].toFQDNs', /cannot leave it out/],
   ['CNP named port in a deny', cnp({ endpointSelector: {}, egressDeny: [{ toPorts: [{ ports: [{ port: 'http' }] }] }] }), 'spec.egressDeny[0].toPorts[0].ports[0].port', /named port/],
-  ['CNP specs not a list', { kind: 'CiliumNetworkPolicy', metadata: { name: 'c', namespace: 'd' }, specs: {} }, '.specs', /must be a list/],
+  ['CNP specs not a list', { kind: 'CiliumNetworkPolicy', metadata: { name: 'c', namespace: 'd' }, specs: {} }, 'specs', /must be a list/],
   ['CNP nodeSelector', cnp({ nodeSelector: {}, ingress: [] }), 'spec.nodeSelector', /only allowed in a CiliumClusterwideNetworkPolicy/],
   ['CNP enableDefaultDeny not boolean', cnp({ endpointSelector: {}, ingress: [], enableDefaultDeny: { ingress: 'no' } }), 'spec.enableDefaultDeny.ingress', /true or false/],
 ];

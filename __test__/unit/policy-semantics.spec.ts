@@ -37,7 +37,7 @@ const NS = 'ns1';
 const identities = new Map<number, SecurityLabels>(
   APPS.map((app, i) => [300 + i, { 'k8s:app': app, 'k8s:io.kubernetes.pod.namespace': NS }] as const),
 );
-const endpoints: PolicyEndpoint[] = APPS.map((app, i) => ({ id: 1 + i, identity: 300 + i, labels: identities.get(300 + i)! }));
+const endpoints: PolicyEndpoint[] = APPS.map((_app, i) => ({ id: 1 + i, identity: 300 + i, labels: identities.get(300 + i)! }));
 
 function randomPorts(r: () => number): unknown[] | undefined {
   const n = Math.floor(r() * 3);

@@ -61,7 +61,9 @@ import type { ParsedPolicy, PeerMatch, PolicyProblem, PortMatch, TrafficRule } f
 export interface PolicyEndpoint {
   /** Endpoint id in the datapath (1..65535). */
   id: number;
+  /** The endpoint's own identity (not needed to compile; kept for callers and tracing). */
   identity: number;
+  /** Its security labels: what policy subjects select on. */
   labels: SecurityLabels;
 }
 

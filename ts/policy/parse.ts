@@ -99,7 +99,7 @@ function listField(p: Problems, obj: Obj, key: string, at: string): unknown[] | 
   const v = obj[key];
   if (v === undefined || v === null) return undefined;
   if (!Array.isArray(v)) {
-    p.error(`${at}.${key}`, `must be a list, got ${describe(v)}`);
+    p.error(at === '' ? key : `${at}.${key}`, `must be a list, got ${describe(v)}`);
     return undefined;
   }
   return v;
