@@ -13,3 +13,4 @@ export { compilePolicy, type CompileInputs, type CompileResult, type EndpointPol
 export { assignCidrIdentities, policyCidrs, FIRST_CIDR_IDENTITY, LAST_CIDR_IDENTITY } from './cidr-identities.js';
 export { policyCookie } from './cookie.js';
 export { portRangePrefixes, type PortPrefix } from './ports.js';
+export { tracePolicy, policiesByCookie, type TraceQuery, type TraceResult, type TraceVerdict } from './trace.js';
