@@ -12,7 +12,7 @@
  * The synthetic cluster of the benchmark is compiled too, checking structural invariants.
  */
 import test from 'ava';
-import type { PolicyEntry, PolicyKey } from '../../ts/datapath/codecs.js';
+import { packAll, policyEntryCodec, policyKeyCodec, type PolicyEntry, type PolicyKey } from '../../ts/datapath/codecs.js';
 import type { SecurityLabels } from '../../ts/identity/labels.js';
 import { RESERVED_IDENTITIES } from '../../ts/identity/reserved.js';
 import { compileInputsFor, syntheticCluster } from '../../ts/policy/bench.js';
@@ -319,6 +319,9 @@ test('the synthetic 500-policy cluster compiles cleanly: sorted, unique keys, ke
     total += ep.entries.length;
   }
   t.true(total > 1000, `only ${total} entries`);
+  const all = out.endpoints.flatMap((e) => e.entries);
+  t.is(packAll(policyKeyCodec, all.map(([k]) => k)).length, total * 16, 'every key packs as struct policy_key');
+  t.is(packAll(policyEntryCodec, all.map(([, v]) => v)).length, total * 8, 'every entry packs as struct policy_entry');
   t.true(total < 65536, `${total} entries do not fit the policy map`);
   t.deepEqual(compilePolicy({ ...inputs, policies: [...inputs.policies].reverse() }).endpoints, out.endpoints, 'order of policies does not matter');
 });
