@@ -29,6 +29,7 @@ const AGENT: AgentSettings = {
   stateDir: '/tmp/membrane-agent-e2e-state',
   pinDir: '/sys/fs/bpf/mbr-e2e-agent',
   logFile: '/tmp/membrane-agent-e2e.log',
+  logLevel: 'debug',
 };
 const PODS = {
   client: { namespace: NS, name: 'client', netns: 'mbr-agt-client', hostIface: 'mbragtclient' },

@@ -28,7 +28,12 @@ export interface LabConfig {
   clusterCIDR: string;
   podCIDR: string;
   serviceCIDR: string;
+  /** What runs on the lab's node after the control plane: the agent and the node simulator, or nothing (tests and benchmarks that run their own agent). */
+  node: LabNodeMode;
 }
+
+export const LAB_NODE_MODES = ['simulated', 'none'] as const;
+export type LabNodeMode = (typeof LAB_NODE_MODES)[number];
 
 export interface IdentityConfig {
   /** An identity no endpoint has used for this long is deleted. */
@@ -99,11 +104,12 @@ export function defaultConfig(home: string = homedir()): MembraneConfig {
       clusterCIDR: '10.244.0.0/16',
       podCIDR: '10.244.0.0/24',
       serviceCIDR: '10.96.0.0/16',
+      node: 'simulated',
     },
   };
 }
 
-type Kind = 'string' | 'port' | 'cidr' | 'hostport' | 'loglevel' | 'path' | 'seconds';
+type Kind = 'string' | 'port' | 'cidr' | 'hostport' | 'loglevel' | 'path' | 'seconds' | 'labnode';
 
 /** Every settable key, its kind, and the environment variable that can set it. */
 const KEYS: Record<string, Kind> = {
@@ -132,6 +138,7 @@ const KEYS: Record<string, Kind> = {
   'lab.clusterCIDR': 'cidr',
   'lab.podCIDR': 'cidr',
   'lab.serviceCIDR': 'cidr',
+  'lab.node': 'labnode',
 };
 
 /** MEMBRANE_NODE_NAME -> nodeName, MEMBRANE_LAB_API_SERVER_PORT is not accepted: lab.apiserverPort is MEMBRANE_LAB_APISERVER_PORT. */
@@ -178,6 +185,10 @@ function validate(key: string, kind: Kind, value: unknown, source: string): stri
     }
     case 'string': {
       if (typeof value !== 'string') fail(`${JSON.stringify(value)} is not a string`);
+      return value as string;
+    }
+    case 'labnode': {
+      if (typeof value !== 'string' || !(LAB_NODE_MODES as readonly string[]).includes(value)) fail(`${JSON.stringify(value)} is not one of ${LAB_NODE_MODES.join(', ')}`);
       return value as string;
     }
   }

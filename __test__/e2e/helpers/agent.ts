@@ -4,77 +4,16 @@
  * (netns + veth + /32 + link-local gateway) through the agent's own API.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
+import { agentSocketOf, startAgentProcess, stopAgentProcess, type AgentProcessSettings } from '../../../ts/agent/process.js';
 import { callAgent } from '../../../ts/api/client.js';
 import type { EndpointView, IpamAllocation, StatusResponse } from '../../../ts/api/types.js';
 import { REPO } from './lab.js';
-import { until } from './k8s-lab.js';
 
-export interface AgentSettings {
-  kubeconfig: string;
-  nodeName: string;
-  stateDir: string;
-  pinDir: string;
-  logFile: string;
-  /** Extra MEMBRANE_* settings. */
-  env?: Record<string, string>;
-}
+export type AgentSettings = AgentProcessSettings;
 
-export const socketOf = (s: AgentSettings): string => join(s.stateDir, 'agent.sock');
-
-export function agentEnv(s: AgentSettings): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MEMBRANE_')) env[k] = v;
-  return {
-    ...env,
-    MEMBRANE_KUBECONFIG: s.kubeconfig,
-    MEMBRANE_NODE_NAME: s.nodeName,
-    MEMBRANE_STATE_DIR: s.stateDir,
-    MEMBRANE_API_SOCKET: socketOf(s),
-    MEMBRANE_PIN_DIR: s.pinDir,
-    MEMBRANE_LOG_LEVEL: 'debug',
-    ...s.env,
-  };
-}
-
-/** Starts `membrane agent` (the built CLI in dist/) and waits until its API says ready. */
-export async function startAgentProcess(s: AgentSettings): Promise<{ child: ChildProcess; readyMs: number }> {
-  const cli = join(REPO, 'dist', 'cli', 'main.js');
-  if (!existsSync(cli)) throw new Error(`${cli} is missing: run npm run build (npm test does it)`);
-  const out = openSync(s.logFile, 'a');
-  const t0 = Date.now();
-  const child = spawn(process.execPath, [cli, 'agent'], { cwd: REPO, env: agentEnv(s), stdio: ['ignore', out, out] });
-  closeSync(out);
-  let exited: string | undefined;
-  child.once('exit', (code, signal) => (exited = `exited with ${code ?? signal}`));
-  await until(
-    async () => {
-      if (exited) throw new Error(`the agent ${exited} before it was ready; see ${s.logFile}`);
-      try {
-        const h = await callAgent<{ ok: boolean }>({ socketPath: socketOf(s), method: 'GET', path: '/v1/healthz', timeoutMs: 1000 });
-        return h.ok;
-      } catch {
-        return false;
-      }
-    },
-    'the agent to be ready',
-    60_000,
-    20,
-  );
-  return { child, readyMs: Date.now() - t0 };
-}
-
-export async function stopAgentProcess(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill(signal);
-  await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
-  if (child.exitCode === null && child.signalCode === null) {
-    child.kill('SIGKILL');
-    await exited;
-  }
-}
+export const socketOf = agentSocketOf;
+export { startAgentProcess, stopAgentProcess };
 
 export function agentStatus(s: AgentSettings): Promise<StatusResponse> {
   return callAgent<StatusResponse>({ socketPath: socketOf(s), method: 'GET', path: '/v1/status' });

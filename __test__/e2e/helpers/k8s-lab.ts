@@ -34,6 +34,7 @@ export function k8sLabSettings(tag: string, p: LabPorts): TestLabSettings {
     podCIDR: `${p.podNet}.7.0/24`,
     serviceCIDR: `${p.serviceNet}.0.0/16`,
     nodeName: 'membrane-e2e-node',
+    node: 'none',
   };
 }
 

@@ -20,6 +20,8 @@ export interface TestLabSettings {
   podCIDR: string;
   serviceCIDR: string;
   nodeName: string;
+  /** 'none' (default for tests): control plane only, the test runs its own agent; 'simulated': agent + node simulator. */
+  node?: 'simulated' | 'none';
 }
 
 /** Settings unlike the defaults (ports 2xxxx -> 3xxxx, 10.24x ranges -> 10.23x). */
