@@ -4,7 +4,7 @@
  * not supported yet.
  */
 import test from 'ava';
-import { parsePolicy, type ParsedPolicy, type PolicyProblem } from '../../ts/policy/index.js';
+import { parsePolicy, type ParsedPolicy, type PolicyKind, type PolicyProblem } from '../../ts/policy/index.js';
 
 const np = (spec: unknown, meta: Record<string, unknown> = { name: 'p', namespace: 'default' }) => ({ apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: meta, spec });
 const cnp = (spec: unknown, meta: Record<string, unknown> = { name: 'c', namespace: 'default' }) => ({ apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: meta, spec });
@@ -95,12 +95,33 @@ test('list items without kind take the expected kind; a different kind is refuse
   const r = parsePolicy(item, 'CiliumNetworkPolicy');
   t.true(r.ok);
   t.is(r.ok && r.policy.source.kind, 'CiliumNetworkPolicy');
-  const none = parsePolicy(item);
-  t.false(none.ok);
-  t.is(!none.ok && none.problems[0]!.field, 'kind');
+  t.deepEqual(r.ok && r.warnings, []);
   const wrong = parsePolicy({ ...item, kind: 'NetworkPolicy' }, 'CiliumNetworkPolicy');
   t.false(wrong.ok);
   t.regex(!wrong.ok ? wrong.problems[0]!.message : '', /a CiliumNetworkPolicy was expected/);
+});
+
+const shapes: Array<[string, unknown, PolicyKind]> = [
+  ['podSelector', { metadata: { name: 'n', namespace: 'd' }, spec: { podSelector: {} } }, 'NetworkPolicy'],
+  ['endpointSelector with a namespace', { metadata: { name: 'c', namespace: 'd' }, spec: { endpointSelector: {}, ingress: [] } }, 'CiliumNetworkPolicy'],
+  ['specs without a namespace', { metadata: { name: 'cc' }, specs: [{ endpointSelector: {}, egress: [] }] }, 'CiliumClusterwideNetworkPolicy'],
+];
+
+for (const [what, obj, kind] of shapes) {
+  test(`an object without kind and no expected kind is read by its shape (${what}) with a warning`, (t) => {
+    const r = parsePolicy(obj);
+    t.true(r.ok);
+    if (!r.ok) return;
+    t.is(r.policy.source.kind, kind);
+    t.like(r.warnings[0], { field: 'kind', severity: 'warning' });
+    t.regex(r.warnings[0]!.message, /pass the kind you watched/);
+  });
+}
+
+test('an object without kind whose shape does not tell is refused', (t) => {
+  const r = parsePolicy({ metadata: { name: 'x', namespace: 'd' }, spec: { ingress: [] } });
+  t.false(r.ok);
+  t.like(!r.ok && r.problems[0], { field: 'kind', severity: 'error' });
 });
 
 test('a policy with errors keeps its subjects and directions but no traffic (fail closed)', (t) => {

@@ -4,7 +4,9 @@
  *
  * Kinds: networking.k8s.io/v1 NetworkPolicy, cilium.io/v2 CiliumNetworkPolicy and
  * CiliumClusterwideNetworkPolicy. Items of a Kubernetes list response carry no `kind`; the
- * caller passes the kind it watched as `expectedKind`.
+ * caller should pass the kind it watched as `expectedKind`. Without either, the kind is read
+ * from the object's shape with a warning (refusing it would leave the policy unapplied,
+ * which is fail open), and an object whose shape does not tell is an error.
  *
  * Every problem names the policy and the field path ("spec.ingress[0].ports[1].endPort").
  * - error: the policy is not applied. When the endpoint selectors parsed, `partial` keeps the
@@ -128,6 +130,7 @@ export function parsePolicy(obj: unknown, expectedKind?: PolicyKind): ParseResul
   const rawNamespace = meta.namespace;
   let kind: PolicyKind | undefined = expectedKind;
   const early: Array<{ field: string; message: string }> = [];
+  let inferredFrom: string | undefined;
   if (obj.kind !== undefined) {
     if (typeof obj.kind !== 'string' || !(KINDS as readonly string[]).includes(obj.kind)) {
       early.push({ field: 'kind', message: `unknown policy kind ${describe(obj.kind)}: expected ${KINDS.join(', ')}` });
@@ -137,12 +140,17 @@ export function parsePolicy(obj: unknown, expectedKind?: PolicyKind): ParseResul
       kind = undefined;
     } else kind = obj.kind as PolicyKind;
   } else if (kind === undefined) {
-    early.push({ field: 'kind', message: `the object has no kind: set kind (${KINDS.join(', ')}) or pass the expected kind` });
+    const inferred = inferKind(obj);
+    if (inferred) {
+      kind = inferred.kind;
+      inferredFrom = inferred.because;
+    } else early.push({ field: 'kind', message: `the object has no kind and its shape does not tell: set kind (${KINDS.join(', ')}) or pass the expected kind` });
   }
   const source: PolicySource = { kind: kind ?? fallback.kind, name: typeof rawName === 'string' ? rawName : '' };
   if (kind !== 'CiliumClusterwideNetworkPolicy' && typeof rawNamespace === 'string') source.namespace = rawNamespace;
   const p = new Problems(source);
   for (const e of early) p.error(e.field, e.message);
+  if (inferredFrom) p.warn('kind', `the object has no kind (list items have none); read as a ${kind} because ${inferredFrom}: pass the kind you watched to parsePolicy`);
   if (!isObj(obj.metadata)) p.error('metadata', `must be an object with name (and namespace), got ${describe(obj.metadata)}`);
   else if (typeof rawName !== 'string' || rawName === '') p.error('metadata.name', 'is required: a non-empty string');
   else {
@@ -172,6 +180,24 @@ export function parsePolicy(obj: unknown, expectedKind?: PolicyKind): ParseResul
     complete: false,
   };
   return { ok: false, problems: p.list, partial };
+}
+
+/**
+ * The kind of an object without `kind` (items of a list response), from its shape:
+ * spec.podSelector or spec.policyTypes -> NetworkPolicy; endpointSelector/nodeSelector rules
+ * or `specs` -> a Cilium policy, namespaced or cluster-wide by metadata.namespace.
+ */
+function inferKind(obj: Obj): { kind: PolicyKind; because: string } | undefined {
+  const spec = isObj(obj.spec) ? obj.spec : undefined;
+  const namespaced = isObj(obj.metadata) && typeof obj.metadata.namespace === 'string' && obj.metadata.namespace !== '';
+  if (spec && ('podSelector' in spec || 'policyTypes' in spec)) return { kind: 'NetworkPolicy', because: 'its spec has podSelector/policyTypes' };
+  const cilium = (spec && ('endpointSelector' in spec || 'nodeSelector' in spec)) || Array.isArray(obj.specs);
+  if (cilium) {
+    return namespaced
+      ? { kind: 'CiliumNetworkPolicy', because: 'it has Cilium rules (endpointSelector/nodeSelector or specs) and a namespace' }
+      : { kind: 'CiliumClusterwideNetworkPolicy', because: 'it has Cilium rules (endpointSelector/nodeSelector or specs) and no namespace' };
+  }
+  return undefined;
 }
 
 interface RuleOutcome {
