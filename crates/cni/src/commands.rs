@@ -52,6 +52,8 @@ impl Ctx<'_> {
     fn agent_err(&self, what: &str, e: AgentError) -> CniError {
         let code = match &e {
             AgentError::Unreachable { .. } => ErrorCode::TryAgainLater,
+            // 503: the agent is starting or out of addresses for now.
+            AgentError::Rejected { status: 503, .. } => ErrorCode::TryAgainLater,
             AgentError::Rejected { .. } => ErrorCode::AgentRejected,
             AgentError::BadResponse(_) => ErrorCode::AgentBadResponse,
         };
@@ -129,6 +131,7 @@ pub fn add(ctx: &Ctx) -> Result<serde_json::Value, CniError> {
     let host_iface = naming::host_iface_name(cid, ifname);
     let agent = ctx.agent();
 
+    let started = std::time::Instant::now();
     let allocation = agent
         .allocate(&AllocateRequest {
             container_id: cid,
@@ -185,6 +188,7 @@ pub fn add(ctx: &Ctx) -> Result<serde_json::Value, CniError> {
             ));
         }
     };
+    let allocated_at = started.elapsed();
     let wired = match wiring::wire(&plan, &netns) {
         Ok(w) => w,
         Err(e) => {
@@ -209,6 +213,7 @@ pub fn add(ctx: &Ctx) -> Result<serde_json::Value, CniError> {
         node_mac: &node_mac,
         pod: &pod,
     };
+    let wired_at = started.elapsed();
     if let Err(e) = agent.create_endpoint(&endpoint) {
         undo_wiring(ctx);
         // The agent may have registered the endpoint before failing; DELETE is idempotent and releases the address.
@@ -220,7 +225,15 @@ pub fn add(ctx: &Ctx) -> Result<serde_json::Value, CniError> {
         undo_allocation(ctx);
         return Err(ctx.agent_err("the agent did not register the endpoint", e));
     }
-    ctx.log(&format!("added {ipv4}/32 on {host_iface} <-> {ifname}"));
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let total = started.elapsed();
+    ctx.log(&format!(
+        "added {ipv4}/32 on {host_iface} <-> {ifname} in {:.1} ms (address {:.1} ms, wiring {:.1} ms, endpoint {:.1} ms)",
+        ms(total),
+        ms(allocated_at),
+        ms(wired_at - allocated_at),
+        ms(total - wired_at)
+    ));
     let attachment = Attachment {
         host_iface,
         host_mac: node_mac,

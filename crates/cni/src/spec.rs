@@ -12,7 +12,7 @@ pub const CURRENT_VERSION: &str = "1.1.0";
 /// Error codes: 1-99 are the specification's, 100 and up are ours.
 ///
 ///   1  incompatible cniVersion          7  invalid network configuration (incl. prevResult)
-///   2  unsupported field                11 try again later: the agent is not reachable
+///   2  unsupported field                11 try again later: the agent is not reachable or answers 503
 ///   3  container unknown: CNI_NETNS     50 plugin not available (STATUS: agent down or not ready)
 ///      does not exist                   100 the agent refused the request (its code and message in details)
 ///   4  invalid CNI_* environment        101 the agent's answer is not understood
