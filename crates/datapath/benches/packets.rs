@@ -14,8 +14,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use membrane_datapath::{
     benchkit::{
-        flush_ct_tables, tcp_frame, LxcBench, BENCH_ALLOWED_PORT, BENCH_DENIED_PORT, BENCH_EP_IP,
-        BENCH_PEER_IP,
+        drain_events, flush_ct_tables, tcp_frame, LxcBench, Repeats, BENCH_ALLOWED_PORT,
+        BENCH_DENIED_PORT, BENCH_EP_IP, BENCH_PEER_IP,
     },
     objects,
     testrun::Harness,
@@ -48,7 +48,14 @@ fn packets(c: &mut Criterion) {
             let case = format!("ipcache={ipcache},policy={policy}");
             lxc.flush_ct().expect("flush");
             // Checks the verdicts of every path once.
-            lxc.measure(1000, 100).expect("bpf_lxc paths");
+            lxc.measure(
+                Repeats {
+                    repeat: 1000,
+                    rounds: 1,
+                },
+                100,
+            )
+            .expect("bpf_lxc paths");
             let h = lxc.harness_mut();
             let syn = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 60_001, BENCH_ALLOWED_PORT, 0x02);
             h.run_tc("mbr_from_cont", &syn, 1).expect("create");
@@ -56,8 +63,17 @@ fn packets(c: &mut Criterion) {
                 b.iter_custom(|iters| repeated(h, "mbr_from_cont", &ack, iters))
             });
             let denied = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 60_002, BENCH_DENIED_PORT, 0x02);
+            let reply = tcp_frame(BENCH_PEER_IP, BENCH_EP_IP, BENCH_ALLOWED_PORT, 60_001, 0x10);
+            g.bench_function(BenchmarkId::new("reply", &case), |b| {
+                b.iter_custom(|iters| repeated(h, "mbr_to_cont", &reply, iters))
+            });
             g.bench_function(BenchmarkId::new("denied", &case), |b| {
-                b.iter_custom(|iters| repeated(h, "mbr_from_cont", &denied, iters))
+                // Every repetition writes events: drained first, so none
+                // is lost for want of room (a reader would be attached).
+                b.iter_custom(|iters| {
+                    drain_events(h).expect("drain");
+                    repeated(h, "mbr_from_cont", &denied, iters)
+                })
             });
             let mut port = 0u32;
             g.bench_function(BenchmarkId::new("new_flow", &case), |b| {
@@ -65,6 +81,9 @@ fn packets(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         port = (port + 1) % 50_000;
+                        if port % 1000 == 0 {
+                            drain_events(h).expect("drain");
+                        }
                         if port == 0 {
                             // Every source port used once: start over with no entries.
                             flush_ct_tables(h).expect("flush");

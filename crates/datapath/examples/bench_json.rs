@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use membrane_datapath::benchkit::{
     gc_records, map_op_records, measure_ct_gc, measure_map_ops, measure_packets, packet_records,
-    BenchRecord, MapKind,
+    BenchRecord, MapKind, Repeats,
 };
 
 fn main() -> ExitCode {
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             (&[10, 10_000, 500_000], &[10, 50_000])
         };
         eprintln!("bench_json: ns/packet ipcache={ipcache:?} policy={policy:?}");
-        match measure_packets(ipcache, policy, 10_000, 2_000) {
+        match measure_packets(ipcache, policy, Repeats::default(), 2_000) {
             Ok((floor, times)) => records.extend(packet_records(&floor, &times)),
             Err(e) => {
                 eprintln!("bench_json: ns/packet: {e}");

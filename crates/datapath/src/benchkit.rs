@@ -494,12 +494,20 @@ pub struct PacketTimes {
     pub ipcache: usize,
     /// policy entries.
     pub policy: usize,
+    /// The empty program with the established path's frame, repeated,
+    /// measured right before this case's paths (median of the rounds).
+    pub floor: f64,
     /// A new, allowed flow (CT miss, ipcache, policy, CT create, 2 events):
-    /// mean of single-repeat runs, each with a fresh source port.
+    /// single-repeat runs, each with a fresh source port, in one chunk per
+    /// round; the median chunk mean.
     pub new_flow: f64,
-    /// An established flow (CT hit), repeated.
+    /// An established flow (CT hit), repeated; median of the rounds.
     pub established: f64,
-    /// A denied flow (CT miss, ipcache, policy miss, drop event), repeated.
+    /// A reply of the established flow at the other hook (the second CT
+    /// lookup hits), repeated; median of the rounds.
+    pub reply: f64,
+    /// A denied flow (CT miss, ipcache, policy miss, drop event), repeated;
+    /// median of the rounds.
     pub denied: f64,
 }
 
@@ -507,10 +515,71 @@ pub struct PacketTimes {
 /// baseline of the new-flow path, measured the same way).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Floor {
-    /// ns/packet with `repeat`.
+    /// ns/packet with `repeat`: the median over every case's floor.
     pub repeated: f64,
     /// Mean ns of single runs.
     pub single: f64,
+}
+
+/// How the repeated paths are measured: `rounds` test runs of `repeat`
+/// repetitions each, after one warm-up run; the result is the median round.
+/// One long run is at the mercy of whatever else the machine does during
+/// it; the median of several short ones is not.
+#[derive(Debug, Clone, Copy)]
+pub struct Repeats {
+    /// Repetitions per test run (the kernel times them together).
+    pub repeat: u32,
+    /// Test runs; the median is reported.
+    pub rounds: u32,
+}
+
+impl Default for Repeats {
+    fn default() -> Self {
+        Self {
+            repeat: 10_000,
+            rounds: 9,
+        }
+    }
+}
+
+/// The median of `values` (NaN for none).
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Runs `program` on `frame` as [`Repeats`] says, with `before_round`
+/// called before every run (e.g. to drain the ring buffer), checking the
+/// verdict of every run; median ns/packet.
+fn repeated_median(
+    h: &mut Harness,
+    program: &str,
+    path: &str,
+    frame: &[u8],
+    repeats: Repeats,
+    expect: Option<i32>,
+    mut before_round: impl FnMut(&mut Harness) -> Result<()>,
+) -> Result<f64> {
+    before_round(h)?;
+    h.run_tc(program, frame, repeats.repeat.min(1000))?;
+    let mut rounds = Vec::with_capacity(repeats.rounds as usize);
+    for _ in 0..repeats.rounds.max(1) {
+        before_round(h)?;
+        let r = h.run_tc(program, frame, repeats.repeat)?;
+        if let Some(expect) = expect {
+            expect_verdict(program, path, r.verdict, expect)?;
+        }
+        rounds.push(r.duration.as_nanos() as f64);
+    }
+    Ok(median(&mut rounds))
 }
 
 /// Runs `program` `runs` times with repeat 1, changing the TCP source port
@@ -545,18 +614,50 @@ fn expect_verdict(program: &str, path: &str, got: i32, expected: i32) -> Result<
     Ok(())
 }
 
-/// Measures the floor program.
-pub fn measure_floor(repeat: u32, single: u32) -> Result<Floor> {
-    let mut h = Harness::load(&objects::BENCH_FLOOR)?;
-    let frame = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 40_000, BENCH_ALLOWED_PORT, 0x10);
-    // Warm up.
-    h.run_tc("mbr_bench_floor", &frame, 1000)?;
-    let repeated = h
-        .run_tc("mbr_bench_floor", &frame, repeat)?
-        .duration
-        .as_nanos() as f64;
-    let single = single_runs(&mut h, "mbr_bench_floor", single, BENCH_ALLOWED_PORT, None)?;
-    Ok(Floor { repeated, single })
+/// The empty program `ebpf/bench_floor.c`, loaded for the floor measurements.
+pub struct FloorBench {
+    harness: Harness,
+}
+
+impl FloorBench {
+    const PROG: &'static str = "mbr_bench_floor";
+
+    /// Loads the empty program.
+    pub fn load() -> Result<Self> {
+        Ok(Self {
+            harness: Harness::load(&objects::BENCH_FLOOR)?,
+        })
+    }
+
+    /// ns/packet of the empty program on the established path's frame (the
+    /// same packet shape), measured like the paths.
+    pub fn repeated(&mut self, repeats: Repeats) -> Result<f64> {
+        let frame = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 60_001, BENCH_ALLOWED_PORT, 0x10);
+        repeated_median(
+            &mut self.harness,
+            Self::PROG,
+            "floor",
+            &frame,
+            repeats,
+            None,
+            |_| Ok(()),
+        )
+    }
+
+    /// Mean ns of `runs` single runs, each on a frame of a new flow: the
+    /// baseline of the new-flow path.
+    pub fn single(&mut self, runs: u32) -> Result<f64> {
+        single_runs(&mut self.harness, Self::PROG, runs, BENCH_ALLOWED_PORT, None)
+    }
+}
+
+/// Measures the floor program once (repeated and single runs).
+pub fn measure_floor(repeats: Repeats, single: u32) -> Result<Floor> {
+    let mut floor = FloorBench::load()?;
+    Ok(Floor {
+        repeated: floor.repeated(repeats)?,
+        single: floor.single(single)?,
+    })
 }
 
 /// The `bpf_lxc` object loaded for packet benchmarks, with its endpoint set up.
@@ -646,32 +747,91 @@ impl LxcBench {
         &mut self.harness
     }
 
-    /// Measures the three paths at the current map sizes: mean ns of
-    /// `new_flow_runs` single new-flow runs, and ns/packet of `repeat`
-    /// repetitions of the established and the denied path.
-    pub fn measure(&mut self, repeat: u32, new_flow_runs: u32) -> Result<(f64, f64, f64)> {
+    /// Measures the paths at the current map sizes: mean ns of
+    /// `new_flow_runs` single new-flow runs, and the median ns/packet of the
+    /// established, reply and denied paths. The ring buffer is drained
+    /// before every run, so every event is written (as with a reader
+    /// attached), never lost for want of room.
+    pub fn measure(&mut self, repeats: Repeats, new_flow_runs: u32) -> Result<PacketTimes> {
         const PROG: &str = "mbr_from_cont";
+        const REPLY_PROG: &str = "mbr_to_cont";
         self.flush_ct()?;
         let h = &mut self.harness;
         // New flows: single runs with a fresh source port each (a repeated
         // run would find the CT entry its first iteration created).
-        let new_flow = single_runs(h, PROG, new_flow_runs, BENCH_ALLOWED_PORT, Some(PASS_ON))?;
+        drain_events(h)?;
+        // In chunks (the median chunk mean is reported), each into empty
+        // CT tables and an empty ring buffer.
+        let chunk = new_flow_runs.div_ceil(repeats.rounds.max(1)).max(1);
+        let mut chunks = Vec::new();
+        let mut done = 0;
+        while done < new_flow_runs {
+            let runs = chunk.min(new_flow_runs - done);
+            drain_events(h)?;
+            // single_runs numbers source ports from the same start every
+            // call: flush so that every run is a new flow.
+            flush_ct_tables(h)?;
+            chunks.push(single_runs(h, PROG, runs, BENCH_ALLOWED_PORT, Some(PASS_ON))?);
+            done += runs;
+        }
+        let new_flow = median(&mut chunks);
         // Established: a SYN creates the entry, then ACKs of that flow.
         let syn = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 60_001, BENCH_ALLOWED_PORT, 0x02);
         expect_verdict(PROG, "new flow", h.run_tc(PROG, &syn, 1)?.verdict, PASS_ON)?;
         let ack = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 60_001, BENCH_ALLOWED_PORT, 0x10);
-        h.run_tc(PROG, &ack, 1000)?;
-        let r = h.run_tc(PROG, &ack, repeat)?;
-        expect_verdict(PROG, "established", r.verdict, PASS_ON)?;
-        let established = r.duration.as_nanos() as f64;
+        let established = repeated_median(
+            h,
+            PROG,
+            "established",
+            &ack,
+            repeats,
+            Some(PASS_ON),
+            drain_events,
+        )?;
+        // Reply: the peer's ACK back, entering the endpoint.
+        let reply_frame = tcp_frame(BENCH_PEER_IP, BENCH_EP_IP, BENCH_ALLOWED_PORT, 60_001, 0x10);
+        let reply = repeated_median(
+            h,
+            REPLY_PROG,
+            "reply",
+            &reply_frame,
+            repeats,
+            Some(PASS_ON),
+            drain_events,
+        )?;
         // Denied: no allow for the port; nothing is created, every
         // repetition is a new flow that policy drops.
         let denied_frame = tcp_frame(BENCH_EP_IP, BENCH_PEER_IP, 60_002, BENCH_DENIED_PORT, 0x02);
-        let r = h.run_tc(PROG, &denied_frame, repeat)?;
-        expect_verdict(PROG, "denied", r.verdict, SHOT)?;
-        let denied = r.duration.as_nanos() as f64;
-        Ok((new_flow, established, denied))
+        let denied = repeated_median(
+            h,
+            PROG,
+            "denied",
+            &denied_frame,
+            repeats,
+            Some(SHOT),
+            drain_events,
+        )?;
+        Ok(PacketTimes {
+            new_flow,
+            established,
+            reply,
+            denied,
+            ..PacketTimes::default()
+        })
     }
+}
+
+/// Consumes every record in the `mbr_events` ring buffer of a loaded
+/// `bpf_lxc`.
+pub fn drain_events(h: &mut Harness) -> Result<()> {
+    let map = h
+        .ebpf_mut()
+        .map_mut(crate::maps::events::MAP_NAME)
+        .ok_or_else(|| DatapathError::invalid("map", "bpf_lxc has no ring buffer mbr_events"))?;
+    let mut ring = aya::maps::RingBuf::try_from(map)
+        .map_err(|e| DatapathError::op("open ring buffer", "mbr_events", &e))?;
+    while ring.next().is_some() {}
+    Ok(())
 }
 
 /// Empties both CT tables of a loaded `bpf_lxc`.
@@ -685,31 +845,47 @@ pub fn flush_ct_tables(h: &Harness) -> Result<()> {
     Ok(())
 }
 
-/// The packet-path benchmark: every (ipcache, policy) size, each path.
+/// The packet-path benchmark: every (ipcache, policy) size, each path, each
+/// case with the floor measured right before it.
 pub fn measure_packets(
     ipcache_sizes: &[usize],
     policy_sizes: &[usize],
-    repeat: u32,
+    repeats: Repeats,
     new_flow_runs: u32,
 ) -> Result<(Floor, Vec<PacketTimes>)> {
-    let floor = measure_floor(repeat, new_flow_runs)?;
+    let mut floor_bench = FloorBench::load()?;
+    let single = floor_bench.single(new_flow_runs)?;
     let mut bench = LxcBench::load()?;
     let mut out = Vec::new();
+    let mut first = true;
     for &policy in policy_sizes {
         bench.set_policy(policy)?;
         for &ipcache in ipcache_sizes {
             bench.set_ipcache(ipcache)?;
-            let (new_flow, established, denied) = bench.measure(repeat, new_flow_runs)?;
+            if first {
+                // A discarded first pass: caches and the CPU settle
+                // before anything counts.
+                first = false;
+                floor_bench.repeated(repeats)?;
+                bench.measure(repeats, new_flow_runs)?;
+            }
+            let floor = floor_bench.repeated(repeats)?;
+            let t = bench.measure(repeats, new_flow_runs)?;
             out.push(PacketTimes {
                 ipcache,
                 policy,
-                new_flow,
-                established,
-                denied,
+                floor,
+                ..t
             });
         }
     }
-    Ok((floor, out))
+    let mut floors: Vec<f64> = out.iter().map(|t| t.floor).collect();
+    let repeated = if floors.is_empty() {
+        floor_bench.repeated(repeats)?
+    } else {
+        median(&mut floors)
+    };
+    Ok((Floor { repeated, single }, out))
 }
 
 /// ns/packet records, and the size-scaling checks (largest vs. smallest).
@@ -739,6 +915,7 @@ pub fn packet_records(floor: &Floor, times: &[PacketTimes]) -> Vec<BenchRecord> 
             floor.repeated,
             Some("<= 2.5x floor"),
         ));
+        out.push(mk("reply", t.reply, floor.repeated, None));
         out.push(mk("denied", t.denied, floor.repeated, None));
     }
     if let (Some(small), Some(large)) = (
@@ -759,6 +936,7 @@ pub fn packet_records(floor: &Floor, times: &[PacketTimes]) -> Vec<BenchRecord> 
             };
             out.push(scale("new-flow", large.new_flow, small.new_flow));
             out.push(scale("established", large.established, small.established));
+            out.push(scale("reply", large.reply, small.reply));
             out.push(scale("denied", large.denied, small.denied));
         }
     }
