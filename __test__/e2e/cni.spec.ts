@@ -61,7 +61,9 @@ test.before(async (t) => {
   t.timeout(45 * MINUTE);
   plugin = pluginBinary();
   tool = cnitoolBinary();
-  kc = await startLab(lab);
+  // Control plane only: the test runs its own agent and is the only caller of the plugin
+  // (the lab's node simulator would realize the test's pods through CNI too).
+  kc = await startLab(lab, { MEMBRANE_LAB_NODE: 'none' });
   await createNamespace(kc, NS);
   agent = await startAgent({ kubeconfig: labLayout(lab.dir).kubeconfig, nodeName: lab.nodeName, tag: String(process.pid) });
   conflist = testConflist(NETWORK, agent.socket, { mtu: MTU });
