@@ -143,3 +143,25 @@ test('the pipeline writes the ipcache, then policy, then the endpoint flags, and
   t.deepEqual(journal, [], 'an unchanged desired state writes nothing');
   pipeline.stop();
 });
+
+test('the agent keeps only the fields it reads of pods, namespaces and nodes', async (t) => {
+  const { slimPod, slimNode, withoutManagedFields } = await import('../../ts/agent/slim.js');
+  const pod = {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name: 'a', namespace: 'default', uid: 'u', resourceVersion: '7', labels: { app: 'web' }, managedFields: [{ manager: 'kubectl' }], annotations: { big: 'x'.repeat(1000) } },
+    spec: { nodeName: 'n1', serviceAccountName: 'sa', containers: [{ name: 'c', image: 'i' }] },
+    status: { podIP: '10.0.0.5', podIPs: [{ ip: '10.0.0.5' }], phase: 'Running', conditions: [{ type: 'Ready' }] },
+  };
+  t.deepEqual(slimPod(pod as never), {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name: 'a', namespace: 'default', uid: 'u', resourceVersion: '7', labels: { app: 'web' } },
+    spec: { nodeName: 'n1', serviceAccountName: 'sa' },
+    status: { podIP: '10.0.0.5', podIPs: [{ ip: '10.0.0.5' }], phase: 'Running' },
+  } as never);
+  const node = { metadata: { name: 'n1' }, spec: { podCIDR: '10.0.0.0/24', taints: [] }, status: { addresses: [{ type: 'InternalIP', address: '192.168.0.1' }], images: [{}] } };
+  t.deepEqual(slimNode(node as never), { apiVersion: undefined, kind: undefined, metadata: { name: 'n1' }, spec: { podCIDR: '10.0.0.0/24' }, status: { addresses: [{ type: 'InternalIP', address: '192.168.0.1' }] } } as never);
+  const policy = { metadata: { name: 'p', managedFields: [{}], annotations: { 'kubectl.kubernetes.io/last-applied-configuration': '{}', keep: 'me' } }, spec: { endpointSelector: {} } };
+  t.deepEqual(withoutManagedFields(policy as never), { metadata: { name: 'p', annotations: { keep: 'me' } }, spec: { endpointSelector: {} } } as never);
+});

@@ -36,6 +36,7 @@ import { datapathMaps } from './backends.js';
 import { computeDesired, type DesiredState, type LocalEndpointInput, type PodAddressInput } from './desired.js';
 import { Pipeline } from './pipeline.js';
 import { PolicyStep } from './policy-step.js';
+import { AGENT_TRANSFORMS } from './slim.js';
 
 export const AGENT_RESOURCES = ['pods', 'namespaces', 'nodes', 'networkpolicies', 'ciliumnetworkpolicies', 'ciliumclusterwidenetworkpolicies', 'membraneidentities'] as const;
 export type AgentResource = (typeof AGENT_RESOURCES)[number];
@@ -125,7 +126,11 @@ export class Agent {
     this.bpffsRoot = config.bpffsRoot;
     this.kc = opts.kubeConfig ?? loadKubeConfig(config);
     const connection = new KubeConnection(this.kc);
-    this.informers = createInformers(new HttpsTransport(this.kc, { connection }), { log: this.log.child({ part: 'informers' }), resources: AGENT_RESOURCES });
+    this.informers = createInformers(new HttpsTransport(this.kc, { connection }), {
+      log: this.log.child({ part: 'informers' }),
+      resources: AGENT_RESOURCES,
+      options: Object.fromEntries(AGENT_RESOURCES.map((r) => [r, { transform: AGENT_TRANSFORMS[r] }])),
+    });
     const filter = makeLabelFilter({
       excludePrefixes: parseLabelList(config.identity.excludeLabelPrefixes),
       excludeKeys: parseLabelList(config.identity.excludeLabelKeys),
@@ -307,7 +312,15 @@ export class Agent {
       .filter((e) => e.identity !== undefined)
       .map((e) => ({ id: e.endpoint.id, identity: e.identity!, labels: identities.get(e.identity!) ?? this.identities.pods.get(podKey(e.endpoint.pod.namespace, e.endpoint.pod.name))?.labels ?? {} }));
     const i = this.informers;
-    const policy = this.policy.compute([...i.get('networkpolicies').list(), ...i.get('ciliumnetworkpolicies').list(), ...i.get('ciliumclusterwidenetworkpolicies').list()], policyEndpoints, identities);
+    const policy = this.policy.compute(
+      [
+        ...i.get('networkpolicies').list().map((o) => ['NetworkPolicy', o] as const),
+        ...i.get('ciliumnetworkpolicies').list().map((o) => ['CiliumNetworkPolicy', o] as const),
+        ...i.get('ciliumclusterwidenetworkpolicies').list().map((o) => ['CiliumClusterwideNetworkPolicy', o] as const),
+      ],
+      policyEndpoints,
+      identities,
+    );
     const state = computeDesired({
       localNode: this.opts.config.nodeName,
       pods,

@@ -19,6 +19,8 @@ export interface PolicyObject {
   metadata?: { uid?: string; resourceVersion?: string; namespace?: string; name?: string };
 }
 
+export type PolicyObjectKind = 'NetworkPolicy' | 'CiliumNetworkPolicy' | 'CiliumClusterwideNetworkPolicy';
+
 export class PolicyStep {
   private readonly parsed = new Map<string, Parsed>();
   private cidrIds = new Map<string, number>();
@@ -28,16 +30,17 @@ export class PolicyStep {
   constructor(private readonly log: Logger) {}
 
   /** Parses what changed since the last call (by uid + resourceVersion) and forgets deleted objects. */
-  private refresh(objects: readonly PolicyObject[]): ParsedPolicy[] {
+  private refresh(objects: ReadonlyArray<readonly [PolicyObjectKind, PolicyObject]>): ParsedPolicy[] {
     const seen = new Set<string>();
     const out: ParsedPolicy[] = [];
-    for (const obj of objects) {
-      const id = `${obj.metadata?.uid ?? ''}/${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`;
+    for (const [kind, obj] of objects) {
+      const id = `${kind}/${obj.metadata?.uid ?? ''}/${obj.metadata?.namespace ?? ''}/${obj.metadata?.name ?? ''}`;
       seen.add(id);
       const version = obj.metadata?.resourceVersion ?? '';
       let entry = this.parsed.get(id);
       if (!entry || entry.version !== version) {
-        const r = parsePolicy(obj);
+        // List responses carry no kind on their items: say which informer it came from.
+        const r = parsePolicy(obj, kind);
         if (r.ok) {
           entry = { version, policy: r.policy };
           for (const w of r.warnings) this.log.warn({ policy: w.policy, field: w.field }, `policy: ${w.message}`);
@@ -53,7 +56,7 @@ export class PolicyStep {
     return out;
   }
 
-  compute(objects: readonly PolicyObject[], endpoints: readonly PolicyEndpoint[], identities: ReadonlyMap<number, SecurityLabels>): PolicyOutcome {
+  compute(objects: ReadonlyArray<readonly [PolicyObjectKind, PolicyObject]>, endpoints: readonly PolicyEndpoint[], identities: ReadonlyMap<number, SecurityLabels>): PolicyOutcome {
     const policies = this.refresh(objects);
     this.policies = policies.length;
     this.cidrIds = assignCidrIdentities(policyCidrs(policies), this.cidrIds);

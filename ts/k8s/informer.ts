@@ -48,6 +48,11 @@ export interface InformerOptions {
   /** A watch that lasted at least this long, or delivered an event, resets the backoff. */
   healthyAfterMs?: number;
   random?: () => number;
+  /**
+   * Applied to every object before it is stored and emitted: keep only the
+   * fields the consumers read, so a large cluster costs little memory.
+   */
+  transform?: (obj: KubeObject) => KubeObject;
 }
 
 export interface InformerHealth {
@@ -72,8 +77,8 @@ export class Informer<T extends KubeObject> {
   private readonly store = new Map<string, T>();
   private readonly eventsSubject = new Subject<InformerEvent<T>>();
   private readonly syncedSubject = new BehaviorSubject<boolean>(false);
-  private readonly opts: Required<Omit<InformerOptions, 'namespace' | 'labelSelector' | 'fieldSelector'>> &
-    Pick<InformerOptions, 'namespace' | 'labelSelector' | 'fieldSelector'>;
+  private readonly opts: Required<Omit<InformerOptions, 'namespace' | 'labelSelector' | 'fieldSelector' | 'transform'>> &
+    Pick<InformerOptions, 'namespace' | 'labelSelector' | 'fieldSelector' | 'transform'>;
   private readonly path: string;
   private readonly log: Logger;
   private abort: AbortController | undefined;
@@ -114,6 +119,7 @@ export class Informer<T extends KubeObject> {
       namespace: options.namespace,
       labelSelector: options.labelSelector,
       fieldSelector: options.fieldSelector,
+      transform: options.transform,
     };
     validateBackoff(this.opts.backoff);
     this.path = collectionPath(kind, options.namespace);
@@ -271,7 +277,7 @@ export class Informer<T extends KubeObject> {
       const query: Record<string, string> = { ...this.selectors(), limit: String(this.opts.pageSize) };
       if (cont) query['continue'] = cont;
       const page = await this.transport.list(this.path, query, signal);
-      for (const item of page.items) items.push(item as T);
+      for (const item of page.items) items.push(this.slim(item as T));
       resourceVersion = page.resourceVersion;
       cont = page.continue;
     } while (cont);
@@ -309,8 +315,12 @@ export class Informer<T extends KubeObject> {
     }
   }
 
+  private slim(obj: T): T {
+    return this.opts.transform ? (this.opts.transform(obj) as T) : obj;
+  }
+
   private onWatchEvent(event: WatchEvent): void {
-    const obj = event.object as T;
+    const obj = event.type === 'ADDED' || event.type === 'MODIFIED' || event.type === 'DELETED' ? this.slim(event.object as T) : (event.object as T);
     switch (event.type) {
       case 'ADDED':
       case 'MODIFIED': {
