@@ -28,6 +28,7 @@ import {
   pingOnce,
   pluginBinary,
   pluginLinks,
+  removeLibcniCache,
   startAgent,
   testConflist,
   writeNetconfDir,
@@ -76,6 +77,7 @@ test.after.always(async () => {
   for (const ns of ownNetns()) deleteNetns(ns);
   await agent?.cleanup();
   if (netconfDir) rmSync(netconfDir, { recursive: true, force: true });
+  removeLibcniCache(NETWORK);
   await stopLab(lab);
 });
 

@@ -4,6 +4,8 @@
  *   cni/add-sequential      ADD latency p50/p99 over 50 pods added one after another
  *   cni/add-concurrent-100  100 pods added at once: wall time, p99, failures
  *   cni/del-sequential      DEL latency p50 (endpoint, address and link removed)
+ *   (the sequential ones also split into their phases, from the plugin's log:
+ *   the agent's IPAM, the netlink wiring, the agent's endpoint attach / detach)
  *
  * Every ADD is the real path: the plugin binary, the agent's IPAM and endpoint
  * API over its socket, the veth wiring and the datapath attach. The baseline of
@@ -130,13 +132,20 @@ interface Pod {
   containerId: string;
 }
 
-/** The phases of each ADD, from the plugin's log lines ("... (address A ms, wiring W ms, endpoint E ms)"). */
-export function addPhases(log: string): { address: number[]; wiring: number[]; endpoint: number[] } {
-  const out = { address: [] as number[], wiring: [] as number[], endpoint: [] as number[] };
+/**
+ * The phases of each ADD and DEL, from the plugin's log lines:
+ * ADD "... (address A ms, wiring W ms, endpoint E ms)", DEL "agent {...} in A ms; mbr... removed (L ms)".
+ */
+export function cniPhases(log: string): { address: number[]; wiring: number[]; endpoint: number[]; delAgent: number[]; delLink: number[] } {
+  const out = { address: [] as number[], wiring: [] as number[], endpoint: [] as number[], delAgent: [] as number[], delLink: [] as number[] };
   for (const m of log.matchAll(/\(address ([\d.]+) ms, wiring ([\d.]+) ms, endpoint ([\d.]+) ms\)/g)) {
     out.address.push(Number(m[1]));
     out.wiring.push(Number(m[2]));
     out.endpoint.push(Number(m[3]));
+  }
+  for (const m of log.matchAll(/agent \{.*\} in ([\d.]+) ms; \S+ removed \(([\d.]+) ms\)/g)) {
+    out.delAgent.push(Number(m[1]));
+    out.delLink.push(Number(m[2]));
   }
   return out;
 }
@@ -195,9 +204,9 @@ export async function cniBench(ctx: { log?: Logger } | BenchContext = {}): Promi
         log.warn({ pod: p.name, error: value.error }, 'ADD failed');
       }
     }
-    const phases = addPhases(readFileSync(cniLog, 'utf8'));
     const delMs: number[] = [];
     for (const p of pods.slice(0, SEQUENTIAL)) delMs.push((await timed(() => invokeCni(plugin, del(p)))).ms);
+    const phases = cniPhases(readFileSync(cniLog, 'utf8'));
 
     // 100 at once.
     const burst = pods.slice(SEQUENTIAL);
@@ -218,6 +227,8 @@ export async function cniBench(ctx: { log?: Logger } | BenchContext = {}): Promi
       result({ bench: 'cni/add-sequential', metric: 'p50 wiring (netlink)', value: percentile(phases.wiring, 50), unit: 'ms', baseline: vSeqP50 }),
       result({ bench: 'cni/add-sequential', metric: 'p50 endpoint (agent attach)', value: percentile(phases.endpoint, 50), unit: 'ms', baseline: vSeqP50 }),
       result({ bench: 'cni/del-sequential', metric: 'p50', value: percentile(delMs, 50), unit: 'ms', baseline: vSeqP50 }),
+      result({ bench: 'cni/del-sequential', metric: 'p50 agent (detach, release)', value: percentile(phases.delAgent, 50), unit: 'ms', baseline: vSeqP50 }),
+      result({ bench: 'cni/del-sequential', metric: 'p50 link removal (netlink)', value: percentile(phases.delLink, 50), unit: 'ms', baseline: vSeqP50 }),
       result({ bench: 'cni/add-concurrent-100', metric: 'total', value: concurrent.ms, unit: 'ms', baseline: versionBurst.ms }),
       result({ bench: 'cni/add-concurrent-100', metric: 'p99', value: percentile(burstMs, 99), unit: 'ms', baseline: vBurstP99 }),
       result({ bench: 'cni/add-concurrent-100', metric: 'failures', value: failures.length, unit: `of ${CONCURRENT}`, baseline: 0, target: '0' }),

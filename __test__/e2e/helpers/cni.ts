@@ -4,7 +4,7 @@
  * the plugin owns (found by their alias), and a real `membrane agent` process.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { callAgent } from '../../../ts/api/client.js';
@@ -63,6 +63,19 @@ export function cnitool(tool: string, verb: 'add' | 'check' | 'del' | 'gc' | 'st
 export async function cnitoolContainerId(netnsPath: string): Promise<string> {
   const { createHash } = await import('node:crypto');
   return `cnitool-${createHash('sha512').update(netnsPath).digest('hex').slice(0, 20)}`;
+}
+
+/** libcni (inside cnitool) caches each ADD result here until DEL; attachments a test removed another way leave files. */
+export const LIBCNI_CACHE = '/var/lib/cni/results';
+
+export function removeLibcniCache(network: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(LIBCNI_CACHE);
+  } catch {
+    return;
+  }
+  for (const name of names) if (name.startsWith(`${network}-`)) rmSync(join(LIBCNI_CACHE, name), { force: true });
 }
 
 export const NETNS_PREFIX = `mbr-cni-${process.pid}-`;

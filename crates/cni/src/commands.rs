@@ -254,27 +254,30 @@ pub fn add(ctx: &Ctx) -> Result<serde_json::Value, CniError> {
 pub fn del(ctx: &Ctx) -> Result<(), CniError> {
     let (cid, ifname) = (ctx.container_id(), ctx.ifname());
     let host_iface = naming::host_iface_name(cid, ifname);
+    let started = std::time::Instant::now();
     let agent_result = ctx.agent().delete_endpoint(cid, ifname);
+    let agent_ms = started.elapsed().as_secs_f64() * 1000.0;
     // The link goes in any case: a pod being torn down must not keep its wiring.
     let link_result = wiring::unwire(&host_iface);
-    match agent_result {
-        Ok(v) => ctx.log(&format!("agent: {v}")),
+    let link_ms = started.elapsed().as_secs_f64() * 1000.0 - agent_ms;
+    let agent_note = match agent_result {
+        Ok(v) => format!("agent {v} in {agent_ms:.1} ms"),
         // DEL must succeed when the agent is gone: its state goes with it, and the
         // next GC reclaims anything it still holds after a restart.
-        Err(AgentError::Unreachable { socket, cause }) => ctx.log(&format!(
-            "the agent is not reachable on {socket} ({cause}); removed the link only"
-        )),
+        Err(AgentError::Unreachable { socket, cause }) => {
+            format!("the agent is not reachable on {socket} ({cause}), so only the link is removed")
+        }
         Err(e) => return Err(ctx.agent_err("the agent could not delete the endpoint", e)),
-    }
+    };
     match link_result {
         Ok(removed) => {
+            let link_note = if removed {
+                "removed"
+            } else {
+                "was already gone"
+            };
             ctx.log(&format!(
-                "{host_iface} {}",
-                if removed {
-                    "removed"
-                } else {
-                    "was already gone"
-                }
+                "{agent_note}; {host_iface} {link_note} ({link_ms:.1} ms)"
             ));
             Ok(())
         }
