@@ -4,11 +4,13 @@
  *
  * up:   build (or find cached) binaries -> check ports -> PKI -> etcd ->
  *       kube-apiserver -> admin kubeconfig -> kube-controller-manager ->
- *       blackhole routes -> CRDs (Established) -> Node -> controllers working.
+ *       blackhole routes -> CRDs (Established) -> Node -> controllers working ->
+ *       the node: membrane agent (ready) -> node simulator (watching pods).
  *       Every process and route is written to state.json the moment it exists,
  *       so a failed or interrupted `up` (and a later `down`) can undo exactly it.
- * down: stops what state.json says we started (pid + start time), removes the
- *       routes we added and the runtime state; keeps logs/ (unless purge).
+ * down: stops what state.json says we started (pid + start time; the node
+ *       simulator first, which tears its pods down), removes the routes we
+ *       added and the runtime state; keeps logs/ (unless purge).
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -30,6 +32,8 @@ import { checkPorts, type PortClaim } from './ports.js';
 import { isOurs, readProcStat, spawnDetached, stopProcess, tailFile, type ProcessRecord, type StopResult } from './proc.js';
 import { crdsDir } from './repo.js';
 import { addBlackhole, hasBlackhole, removeBlackhole } from './routes.js';
+import { cniPluginPath, requirePlugin } from '../cni/invoke.js';
+import { NODE_PROCESSES, nodeLayout, nodeProcessStatus, startNode, stopNode, type NodeProcessName, type NodeProcessRecord, type NodeProcessStatus } from './node.js';
 
 export class LabError extends Error {
   override name = 'LabError';
@@ -82,6 +86,10 @@ export interface LabState {
   /** Routes this lab added (and so removes); pre-existing identical routes are not listed. */
   routes: RouteRecord[];
   node?: string;
+  /** The node's processes (agent, simulator), started after the control plane. */
+  nodeProcesses?: Partial<Record<NodeProcessName, NodeProcessRecord>>;
+  /** The CNI plugin binary the simulator calls (DEL of leftover pods uses it too). */
+  cniPlugin?: string;
 }
 
 export function readState(layout: LabLayout): LabState | undefined {
@@ -327,19 +335,22 @@ export async function labUp(config: MembraneConfig, opts: LabUpOptions): Promise
   try {
     const existing = readState(l);
     if (existing) {
-      const recs = COMPONENTS.map((c) => existing.components[c]).filter((r): r is ComponentRecord => r !== undefined);
+      const expectedNode = nodeProcessesOf(existing.settings);
+      const recs: ProcessRecord[] = [
+        ...COMPONENTS.map((c) => existing.components[c]).filter((r): r is ComponentRecord => r !== undefined),
+        ...NODE_PROCESSES.map((p) => existing.nodeProcesses?.[p]).filter((r): r is NodeProcessRecord => r !== undefined),
+      ];
       const alive = recs.filter(isOurs);
-      if (existing.phase === 'up' && alive.length === COMPONENTS.length) {
+      if (existing.phase === 'up' && alive.length === COMPONENTS.length + expectedNode.length) {
         const changed = changedSettings(existing.settings, lab);
         if (changed.length) notes.push(`the running lab was started with other settings (${changed.join(', ')}); run membrane lab down, then membrane lab up, to apply them`);
         log.info({ dir: l.dir }, 'the lab is already up; nothing to do');
         return { action: 'already-up', seconds: secondsSince(started), built: false, notes, status: await labStatusLocked(l, existing) };
       }
       if (alive.length > 0) {
-        const desc = COMPONENTS.map((c) => {
-          const r = existing.components[c];
-          return `${c} ${r && isOurs(r) ? 'running' : 'stopped'}`;
-        }).join(', ');
+        const desc = [...COMPONENTS.map((c) => [c, existing.components[c]] as const), ...NODE_PROCESSES.map((p) => [p, existing.nodeProcesses?.[p]] as const)]
+          .map(([name, r]) => `${name} ${r && isOurs(r) ? 'running' : 'stopped'}`)
+          .join(', ');
         throw new LabError(`the lab in ${l.dir} is only partly running (${desc}); run membrane lab down, then membrane lab up`);
       }
       log.warn({ dir: l.dir }, 'found the state of a lab that no longer runs (a reboot, or killed processes); cleaning it up first');
@@ -386,6 +397,11 @@ export async function labUp(config: MembraneConfig, opts: LabUpOptions): Promise
   } finally {
     lock.release();
   }
+}
+
+/** The node's processes a lab with these settings runs (none when lab.node is none). */
+function nodeProcessesOf(settings: LabConfig): readonly NodeProcessName[] {
+  return settings.node === 'none' ? [] : NODE_PROCESSES;
 }
 
 function changedSettings(was: LabConfig, now: LabConfig): string[] {
@@ -457,6 +473,30 @@ async function bringUp(l: LabLayout, lab: LabConfig, bins: LabBinaries, state: L
 
   await waitForDefaultServiceAccount(kc, 90_000, opts.signal, alive);
   alive();
+
+  if (lab.node === 'none') {
+    // Control plane only: the caller runs its own agent (tests, benchmarks).
+    state.phase = 'up';
+    state.upAt = new Date().toISOString();
+    writeState(l, state);
+    return;
+  }
+  state.cniPlugin = requirePlugin(cniPluginPath());
+  state.nodeProcesses = {};
+  writeState(l, state);
+  await startNode({
+    lab,
+    l,
+    log,
+    cniPlugin: state.cniPlugin,
+    timeoutMs: timeout,
+    signal: opts.signal,
+    record: (rec) => {
+      state.nodeProcesses![rec.name] = rec;
+      writeState(l, state);
+    },
+  });
+  alive();
   state.phase = 'up';
   state.upAt = new Date().toISOString();
   writeState(l, state);
@@ -490,6 +530,8 @@ export interface LabDownResult {
   action: 'stopped' | 'not-up';
   dir: string;
   stopped: { component: ComponentName; pid: number; outcome: StopResult['outcome']; seconds: number }[];
+  /** The node's processes (simulator, agent) and the simulated pods torn down after the simulator was gone. */
+  node: { stopped: { component: NodeProcessName; pid: number; outcome: StopResult['outcome']; seconds: number }[]; podsSwept: string[]; removed: string[] };
   /** Processes of this lab found running although no state listed them. */
   strays: { pid: number; binary: string; outcome: StopResult['outcome'] }[];
   routesRemoved: string[];
@@ -506,7 +548,7 @@ export interface LabDownOptions {
 export async function labDown(config: MembraneConfig, opts: LabDownOptions): Promise<LabDownResult> {
   const l = labLayout(config.lab.dir);
   const log = opts.log.child({ subsystem: 'lab' });
-  if (!existsSync(l.dir)) return { action: 'not-up', dir: l.dir, stopped: [], strays: [], routesRemoved: [], removed: [] };
+  if (!existsSync(l.dir)) return { action: 'not-up', dir: l.dir, stopped: [], node: { stopped: [], podsSwept: [], removed: [] }, strays: [], routesRemoved: [], removed: [] };
   const lock = await takeLabLock(l);
   let result: LabDownResult;
   try {
@@ -535,6 +577,14 @@ export async function labDown(config: MembraneConfig, opts: LabDownOptions): Pro
 async function teardown(l: LabLayout, state: LabState | undefined, log: Logger): Promise<Omit<LabDownResult, 'action' | 'dir' | 'logsKept'>> {
   const stopped: LabDownResult['stopped'] = [];
   const errors: string[] = [];
+  const node: LabDownResult['node'] = { stopped: [], podsSwept: [], removed: [] };
+  if (state) {
+    try {
+      Object.assign(node, await stopNode(l, state.nodeProcesses ?? {}, state.cniPlugin, log));
+    } catch (err) {
+      errors.push((err as Error).message);
+    }
+  }
   for (const c of [...COMPONENTS].reverse()) {
     const rec = state?.components[c];
     if (!rec) continue;
@@ -568,14 +618,14 @@ async function teardown(l: LabLayout, state: LabState | undefined, log: Logger):
     }
   }
   if (errors.length) throw new LabError(`could not stop everything; state kept in ${l.state} so that membrane lab down can try again:\n${errors.map((e) => '  ' + e).join('\n')}`);
-  const removed = removeRuntimeState(l);
-  return { stopped, strays, routesRemoved, removed };
+  const removed = [...node.removed, ...removeRuntimeState(l)];
+  return { stopped, node: { ...node, removed: [] }, strays, routesRemoved, removed };
 }
 
 /** Processes whose command line points into this lab's directory: ours, even if the state file was lost. */
 function findStrays(l: LabLayout): ProcessRecord[] {
   const out: ProcessRecord[] = [];
-  const markers = [`--data-dir=${l.etcdData}`, `--tls-cert-file=${join(l.pki, 'apiserver.crt')}`, `--kubeconfig=${l.controllerManagerKubeconfig}`];
+  const markers = [`--data-dir=${l.etcdData}`, `--tls-cert-file=${join(l.pki, 'apiserver.crt')}`, `--kubeconfig=${l.controllerManagerKubeconfig}`, `--config=${nodeLayout(l).agentConfig}`, `--lab-dir=${l.dir}`];
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
     let argv: string[];
@@ -624,6 +674,8 @@ export interface LabStatus {
   upAt: string | null;
   binaries: { key: string; dir: string; versions: PinnedVersions } | null;
   components: ComponentStatus[];
+  /** The node's processes: the membrane agent and the node simulator. */
+  nodeProcesses: NodeProcessStatus[];
   node: { name: string; registered: boolean; podCIDR: string | null; ready: string | null } | null;
   crds: { name: string; established: boolean }[];
   routes: { cidr: string; purpose: 'pods' | 'services'; present: boolean }[];
@@ -644,6 +696,7 @@ function downStatus(l: LabLayout, lab: LabConfig): LabStatus {
     upAt: null,
     binaries: null,
     components: COMPONENTS.map((name) => ({ name, running: false, pid: null, endpoint: endpointOf(name, lab), healthy: null, version: null, log: l.log(name) })),
+    nodeProcesses: NODE_PROCESSES.map((name) => ({ name, running: false, pid: null, healthy: null, detail: 'not running', log: nodeLayout(l).log(name) })),
     node: null,
     crds: [],
     routes: [],
@@ -666,8 +719,9 @@ async function labStatusLocked(l: LabLayout, state: LabState): Promise<LabStatus
       return { name, running, pid: rec?.pid ?? null, endpoint, healthy, version, log: l.log(name) };
     }),
   );
-  const allRunning = components.every((c) => c.running);
-  const anyRunning = components.some((c) => c.running);
+  const nodeProcesses = (await nodeProcessStatus(l, state.nodeProcesses)).filter((p) => nodeProcessesOf(lab).includes(p.name));
+  const allRunning = components.every((c) => c.running) && (state.phase !== 'up' || nodeProcesses.every((p) => p.running));
+  const anyRunning = components.some((c) => c.running) || nodeProcesses.some((p) => p.running);
   let st: LabStatus['state'] = state.phase === 'starting' ? 'starting' : allRunning ? 'up' : 'degraded';
   if (!anyRunning && state.phase === 'up') st = 'degraded';
 
@@ -692,6 +746,7 @@ async function labStatusLocked(l: LabLayout, state: LabState): Promise<LabStatus
     upAt: state.upAt ?? null,
     binaries: state.binaries ?? null,
     components,
+    nodeProcesses,
     node,
     crds,
     routes,

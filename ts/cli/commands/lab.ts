@@ -5,6 +5,8 @@ import type { Command } from 'commander';
 import { ensureLabBinaries, type LabBinaries } from '../../lab/build.js';
 import { labDown, labStatus, labUp, type LabDownResult, type LabStatus, type LabUpResult } from '../../lab/lab.js';
 import { labKubeConfig } from '../../lab/kube.js';
+import { runNodeSimulator } from '../../lab/sim/run.js';
+import { createLogger } from '../../log/logger.js';
 import { DEFAULT_PROBE_TIMEOUT_MS, humanProbe, parseProbeArgs, ProbeUsageError, resolveProbe, runProbeInNetns, type ProbeArgs, type ProbeResult } from '../../lab/probe.js';
 import { NotAvailableError, render, table, UsageError } from '../output.js';
 import { contextOf, type CliIO } from '../program.js';
@@ -78,6 +80,16 @@ MEMBRANE_LAB_APISERVER_PORT=26443. up and down need root (blackhole routes).`,
     });
 
   lab
+    .command('node-simulator', { hidden: true })
+    .description('Run the lab node simulator in the foreground (lab up starts it)')
+    .requiredOption('--lab-dir <dir>', 'the lab directory (its state.json gives the settings)')
+    .requiredOption('--cni-plugin <path>', 'the membrane-cni binary')
+    .action(async (opts: { labDir: string; cniPlugin: string }, command: Command) => {
+      const ctx = contextOf(command, io);
+      await runNodeSimulator(opts.labDir, opts.cniPlugin, createLogger({ component: 'node-simulator', level: ctx.config.logLevel }));
+    });
+
+  lab
     .command('probe')
     .description('Connect from inside a lab pod to a pod, service or IP and report the outcome (exit 0 only when connected)')
     .argument('<from>', 'source pod: namespace/name')
@@ -147,7 +159,8 @@ function humanDown(r: LabDownResult): string {
   const lines: string[] = [];
   if (r.action === 'not-up') lines.push(`The lab in ${r.dir} is not up; nothing to stop.`);
   else lines.push(`The lab in ${r.dir} is down.`);
-  for (const s of r.stopped) lines.push(`  ${s.component} (pid ${s.pid}): ${s.outcome === 'not-running' ? 'was not running' : s.outcome === 'killed' ? 'killed after the grace period' : 'stopped'}`);
+  for (const s of [...r.node.stopped, ...r.stopped]) lines.push(`  ${s.component} (pid ${s.pid}): ${s.outcome === 'not-running' ? 'was not running' : s.outcome === 'killed' ? 'killed after the grace period' : 'stopped'}`);
+  if (r.node.podsSwept.length) lines.push(`  tore down ${r.node.podsSwept.length} simulated pods the node simulator had left`);
   for (const s of r.strays) lines.push(`  stray ${s.binary} (pid ${s.pid}): ${s.outcome}`);
   for (const c of r.routesRemoved) lines.push(`  removed route blackhole ${c}`);
   if (r.removed.length && r.action === 'not-up') lines.push(`  removed leftover files: ${r.removed.join(', ')}`);
@@ -170,6 +183,15 @@ function humanStatus(s: LabStatus): string {
       ]),
     ),
   );
+  if (s.nodeProcesses.some((p) => p.running || s.state !== 'down')) {
+    lines.push(
+      '',
+      table(
+        ['NODE PROCESS', 'STATE', 'PID', 'HEALTH'],
+        s.nodeProcesses.map((p) => [p.name, p.running ? 'running' : 'stopped', p.pid !== null && p.running ? String(p.pid) : '-', p.healthy === null ? '-' : p.healthy ? 'ok' : `failing (${p.detail})`]),
+      ),
+    );
+  }
   if (s.state === 'down') return lines.join('\n') + '\n\nStart it with: membrane lab up';
   if (s.node) {
     lines.push(
@@ -181,6 +203,6 @@ function humanStatus(s: LabStatus): string {
   if (s.routes.length) lines.push(`Routes: ${s.routes.map((r) => `blackhole ${r.cidr} (${r.purpose}) ${r.present ? 'present' : 'MISSING'}`).join(', ')}`);
   if (s.binaries) lines.push(`Binaries: Kubernetes ${s.binaries.versions.kubernetes}, etcd ${s.binaries.versions.etcd} from ${s.binaries.dir}`);
   if (s.kubeconfig) lines.push(`Kubeconfig: ${s.kubeconfig}   (export KUBECONFIG=${s.kubeconfig})`);
-  lines.push('Logs: ' + s.components.map((c) => c.log).join(', '));
+  lines.push('Logs: ' + [...s.components.map((c) => c.log), ...s.nodeProcesses.map((p) => p.log)].join(', '));
   return lines.join('\n');
 }

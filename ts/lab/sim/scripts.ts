@@ -54,5 +54,5 @@ export function nodeCommand(script: SimScript): string[] {
   const compiled = join(repoRoot(), 'dist', 'lab', 'sim', `${script}.js`);
   const built = mtime(compiled);
   if (built !== undefined && built >= (mtime(source) ?? Infinity)) return [process.execPath, compiled];
-  return [process.execPath, '--import=tsx', source];
+  return [process.execPath, `--import=${import.meta.resolve('tsx')}`, source];
 }
