@@ -145,10 +145,12 @@ export class EndpointManager {
     if (existing && existing.ifindex === req.ifindex && existing.state === 'ready') return existing;
     if (existing) await this.forget(existing, 'replaced by a new ADD of the same attachment', false);
 
-    const id = nextEndpointId(this.byId.keys());
-    if (id === undefined) throw new EndpointError(503, 'endpoints_exhausted', 'all 65535 endpoint ids are in use on this node');
     const pod = `${req.pod.namespace}/${req.pod.name}`;
     const identity = await this.deps.resolveIdentity(pod);
+    // The id is taken after the last await before remember(): concurrent creates
+    // (other attachments) would otherwise pick the same free id.
+    const id = nextEndpointId(this.byId.keys());
+    if (id === undefined) throw new EndpointError(503, 'endpoints_exhausted', 'all 65535 endpoint ids are in use on this node');
     const ep: Endpoint = {
       id,
       containerId: req.containerId,

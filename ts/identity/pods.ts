@@ -192,6 +192,8 @@ export class PodIdentities {
       entry = { pod: key, status: 'pending', owned, attempts: 0 };
       this.entries.set(key, entry);
     }
+    // A pod bound to this node after it was seen unscheduled must now be acquired, not only looked up.
+    const ownershipChanged = entry.owned !== owned;
     entry.owned = owned;
     const computed = this.labelsOf(pod);
     if (!computed.ok) {
@@ -210,7 +212,7 @@ export class PodIdentities {
       return;
     }
     const canonical = canonicalLabels(computed.labels);
-    if (!force && entry.canonical === canonical && entry.status !== 'invalid') return;
+    if (!force && !ownershipChanged && entry.canonical === canonical && entry.status !== 'invalid') return;
     this.unwait(entry);
     this.clearRetry(entry);
     entry.attempts = 0;
