@@ -29,6 +29,7 @@ const PODS = 5000;
 const LABEL_SETS_PER_NS = 2; // 1000 x 2 = 2000 identities
 const REMOTE_NODES = 10;
 const LATENCY_SAMPLES = 200;
+const SETTLE_MS = 15_000;
 
 function benchConfig(): MembraneConfig {
   const c = defaultConfig();
@@ -138,6 +139,7 @@ export async function agentBench(log: Logger): Promise<BenchResult[]> {
     const kc = labKubeConfig(config.lab);
     // Baselines on the empty cluster.
     const empty = await startAgentProcess(settings);
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
     const emptyRss = rssBytes(empty.child.pid!);
     await stopAgentProcess(empty.child);
     await loadCluster(kc, log);
@@ -147,10 +149,14 @@ export async function agentBench(log: Logger): Promise<BenchResult[]> {
     const ipcache = ipcacheMap(settings.pinDir);
     const entries = (await ipcache.dump()).filter(([k, v]) => k.prefixLen === 32 && v.identity >= 256).length;
     if (entries < PODS) throw new Error(`the agent was ready with ${entries} pod entries in the ipcache; expected ${PODS}`);
-    await new Promise((r) => setTimeout(r, 2000)); // let the heap settle before reading RSS
+    const peakRss = rssBytes(loaded.child.pid!);
+    // Steady state: what the agent holds once the sync's garbage is collected (V8 gives
+    // memory back when idle). The same wait applies to the empty baseline.
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
     const loadedRss = rssBytes(loaded.child.pid!);
     out.push(result({ bench: 'agent/initial-sync', metric: 'start_to_ready_ms', value: loaded.readyMs, unit: 'ms', baseline: empty.readyMs, target: '< 5000 ms (5k pods, 1k ns, 2k ids)' }));
-    out.push(result({ bench: 'agent/rss', metric: 'rss_mb', value: loadedRss / 2 ** 20, unit: 'MB', baseline: emptyRss / 2 ** 20, target: '< 150 MB' }));
+    out.push(result({ bench: 'agent/rss', metric: 'rss_mb', value: loadedRss / 2 ** 20, unit: 'MB', baseline: emptyRss / 2 ** 20, target: '< 150 MB (steady state)' }));
+    out.push(result({ bench: 'agent/rss', metric: 'rss_at_ready_mb', value: peakRss / 2 ** 20, unit: 'MB', baseline: emptyRss / 2 ** 20 }));
 
     // Event-to-map latency: a pod of an existing identity gets its IP; a pod moves to another existing identity.
     const core = kc.makeApiClient(CoreV1Api);

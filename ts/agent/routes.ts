@@ -33,6 +33,11 @@ function validGcRequest(body: unknown): CniGcRequest {
   return b as CniGcRequest;
 }
 
+function memoryMB(): { rssMB: number; heapUsedMB: number } {
+  const m = process.memoryUsage();
+  return { rssMB: Math.round(m.rss / 2 ** 20), heapUsedMB: Math.round(m.heapUsed / 2 ** 20) };
+}
+
 export function healthz(agent: Agent): Healthz {
   if (agent.ready) return { ok: true };
   return { ok: false, detail: 'starting: waiting for the Kubernetes informers and the first datapath sync' };
@@ -52,7 +57,7 @@ export function status(agent: Agent): StatusResponse {
   const cfg = agent.kc.getCurrentCluster();
   const unhealthy = health.filter((h) => !h.synced || h.lastError);
   return {
-    agent: { version: agentVersion, node: agent.nodeName, pid: process.pid, uptimeSeconds: Math.round((Date.now() - agent.startedAt) / 1000) },
+    agent: { version: agentVersion, node: agent.nodeName, pid: process.pid, uptimeSeconds: Math.round((Date.now() - agent.startedAt) / 1000), memory: memoryMB() },
     datapath: {
       ok: agent.datapath !== undefined,
       pinDir: agent.pinDir,

@@ -106,7 +106,7 @@ export interface MapFill {
 }
 
 export interface StatusResponse {
-  agent: { version: string; node: string; pid: number; uptimeSeconds: number };
+  agent: { version: string; node: string; pid: number; uptimeSeconds: number; memory?: { rssMB: number; heapUsedMB: number } };
   datapath: { ok: boolean; pinDir: string; detail: string; maps: MapFill[] };
   kubernetes: { ok: boolean; server: string; synced: Record<string, boolean>; detail: string };
   endpoints: { total: number; ready: number };

@@ -13,7 +13,7 @@ export function formatStatus(s: StatusResponse): string {
   const ok = (b: boolean) => (b ? 'Ok' : 'Error');
   const synced = Object.entries(s.kubernetes.synced);
   const lines = [
-    `Agent:            Ok   ${s.agent.version} on ${s.agent.node} (pid ${s.agent.pid}, up ${s.agent.uptimeSeconds}s)`,
+    `Agent:            Ok   ${s.agent.version} on ${s.agent.node} (pid ${s.agent.pid}, up ${s.agent.uptimeSeconds}s${s.agent.memory ? `, RSS ${s.agent.memory.rssMB} MB, heap ${s.agent.memory.heapUsedMB} MB` : ''})`,
     `Kubernetes:       ${ok(s.kubernetes.ok)}   ${s.kubernetes.server}; synced ${synced.filter(([, v]) => v).length}/${synced.length}${s.kubernetes.detail ? `; ${s.kubernetes.detail}` : ''}`,
     `Datapath:         ${ok(s.datapath.ok)}   ${s.datapath.pinDir}${s.datapath.detail ? `; ${s.datapath.detail}` : ''}`,
     `Endpoints:        ${s.endpoints.ready}/${s.endpoints.total} ready`,
