@@ -53,3 +53,16 @@ test('the plugin is looked for where the build puts it, and a missing one is nam
   t.is(cniPluginPath({ MEMBRANE_CACHE_DIR: '/c' }), '/c/cargo-target/release/membrane-cni');
   t.throws(() => requirePlugin('/nonexistent/membrane-cni'), { message: /not built at \/nonexistent\/membrane-cni: run `npm run build:cni`/ });
 });
+
+test('the benchmark reads ADD and DEL phases from the plugin log and ignores other lines', async (t) => {
+  const { cniPhases } = await import('../../ts/cni/bench.js');
+  const log = [
+    '1.000 membrane-cni Add network=n container=c1 ifname=eth0: added 10.0.0.2/32 on mbr0 <-> eth0 in 60.1 ms (address 3.3 ms, wiring 2.5 ms, endpoint 49.5 ms)',
+    '1.100 membrane-cni Add network=n container=c2 ifname=eth0: error 11: cannot allocate an address',
+    '1.200 membrane-cni Del network=n container=c1 ifname=eth0: agent {"removed":true,"released":true} in 48.5 ms; mbr0 removed (16.6 ms)',
+    '1.300 membrane-cni Del network=n container=c3 ifname=eth0: the agent is not reachable on /x (ENOENT), so only the link is removed; mbr1 was already gone (0.1 ms)',
+    'garbage (address x ms, wiring 1 ms, endpoint 1 ms)',
+  ].join('\n');
+  t.deepEqual(cniPhases(log), { address: [3.3], wiring: [2.5], endpoint: [49.5], delAgent: [48.5], delLink: [16.6] });
+  t.deepEqual(cniPhases(''), { address: [], wiring: [], endpoint: [], delAgent: [], delLink: [] });
+});
