@@ -168,10 +168,17 @@ pub fn add(ctx: &Ctx) -> Result<serde_json::Value, CniError> {
         }
     };
 
-    // A link under our deterministic name is a leftover of an earlier ADD of this
-    // same attachment (the runtime retries); start clean.
-    if let Ok(true) = wiring::unwire(&host_iface) {
-        ctx.log(&format!("removed leftover {host_iface} of an earlier ADD"));
+    // A link under our deterministic name and alias is a leftover of an earlier ADD of
+    // this same attachment (the runtime retries); start clean. A foreign one stays, and
+    // creating the veth then fails with "exists".
+    match wiring::unwire_attachment(&host_iface, cid, ifname) {
+        Ok(wiring::Unwired::Removed) => {
+            ctx.log(&format!("removed leftover {host_iface} of an earlier ADD"))
+        }
+        Ok(wiring::Unwired::Foreign(alias)) => ctx.log(&format!(
+            "{host_iface} exists for another attachment ({alias}); leaving it alone"
+        )),
+        Ok(wiring::Unwired::Absent) | Err(_) => {}
     }
     let plan = Plan {
         host_iface: host_iface.clone(),
@@ -182,7 +189,7 @@ pub fn add(ctx: &Ctx) -> Result<serde_json::Value, CniError> {
         mtu: ctx.conf.mtu,
     };
     let undo_wiring = |ctx: &Ctx| {
-        if let Err(e) = wiring::unwire(&host_iface) {
+        if let Err(e) = wiring::unwire_attachment(&host_iface, cid, ifname) {
             ctx.log(&format!(
                 "could not remove {host_iface} after a failed ADD: {e}"
             ));
@@ -258,7 +265,7 @@ pub fn del(ctx: &Ctx) -> Result<(), CniError> {
     let agent_result = ctx.agent().delete_endpoint(cid, ifname);
     let agent_ms = started.elapsed().as_secs_f64() * 1000.0;
     // The link goes in any case: a pod being torn down must not keep its wiring.
-    let link_result = wiring::unwire(&host_iface);
+    let link_result = wiring::unwire_attachment(&host_iface, cid, ifname);
     let link_ms = started.elapsed().as_secs_f64() * 1000.0 - agent_ms;
     let agent_note = match agent_result {
         Ok(v) => format!("agent {v} in {agent_ms:.1} ms"),
@@ -270,11 +277,13 @@ pub fn del(ctx: &Ctx) -> Result<(), CniError> {
         Err(e) => return Err(ctx.agent_err("the agent could not delete the endpoint", e)),
     };
     match link_result {
-        Ok(removed) => {
-            let link_note = if removed {
-                "removed"
-            } else {
-                "was already gone"
+        Ok(outcome) => {
+            let link_note = match outcome {
+                wiring::Unwired::Removed => "removed".to_string(),
+                wiring::Unwired::Absent => "was already gone".to_string(),
+                wiring::Unwired::Foreign(alias) => {
+                    format!("belongs to another attachment ({alias}) and was left alone")
+                }
             };
             ctx.log(&format!(
                 "{agent_note}; {host_iface} {link_note} ({link_ms:.1} ms)"

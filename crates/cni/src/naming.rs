@@ -6,9 +6,11 @@
 //! "<containerId>/<ifname>", finished with the splitmix64 mixer so that the top
 //! bits depend on every input byte. 14 bytes, inside Linux's 15-byte limit.
 //! The hash is for spreading names, not for security: a collision only makes the
-//! second ADD fail with "exists", it never touches another pod's link.
-//! Alias (IFLA_IFALIAS): "membrane-cni:<network>:<containerId>/<ifname>"; GC only
-//! removes links whose alias names its own network.
+//! second ADD fail with "exists", it never touches another pod's link, because
+//! every removal first checks the link's alias.
+//! Alias (IFLA_IFALIAS): "membrane-cni:<network>:<containerId>/<ifname>"; ADD and
+//! DEL remove a link only when its alias names their attachment, GC only links
+//! whose alias names its own network.
 
 pub const HOST_PREFIX: &str = "mbr";
 const HASH_HEX_DIGITS: usize = 11;
@@ -53,6 +55,26 @@ pub fn host_alias(network: &str, container_id: &str, ifname: &str) -> String {
     let alias = format!("{}{container_id}/{ifname}", alias_prefix(network));
     // IFALIASZ is 256 including the terminating zero; the kernel rejects longer ones.
     alias.chars().take(255).collect()
+}
+
+/// Whether a host link's alias says it belongs to this attachment (in any network:
+/// renaming the network must not orphan links). A link without an alias counts as
+/// ours: it is one whose ADD died between creating the link and naming it.
+/// Aliases cut at 255 bytes match when the cut text is a prefix of the attachment.
+pub fn alias_names_attachment(alias: Option<&str>, container_id: &str, ifname: &str) -> bool {
+    let Some(alias) = alias.filter(|a| !a.is_empty()) else {
+        return true;
+    };
+    let Some(rest) = alias.strip_prefix("membrane-cni:") else {
+        return false;
+    };
+    // Container ids and interface names hold no ':', so the attachment is after the last one.
+    let Some((_, attachment)) = rest.rsplit_once(':') else {
+        return false;
+    };
+    let wanted = format!("{container_id}/{ifname}");
+    attachment == wanted
+        || (alias.len() >= 255 && !attachment.is_empty() && wanted.starts_with(attachment))
 }
 
 #[cfg(test)]
@@ -113,6 +135,39 @@ mod tests {
         ] {
             assert!(!is_host_iface_name(name), "{name}");
         }
+    }
+
+    #[test]
+    fn only_links_named_for_the_attachment_are_removed() {
+        let ours = host_alias("k8s", "c1", "eth0");
+        assert!(alias_names_attachment(Some(&ours), "c1", "eth0"));
+        assert!(alias_names_attachment(
+            Some(&host_alias("renamed", "c1", "eth0")),
+            "c1",
+            "eth0"
+        ));
+        assert!(alias_names_attachment(None, "c1", "eth0"));
+        assert!(alias_names_attachment(Some(""), "c1", "eth0"));
+        for foreign in [
+            host_alias("k8s", "c2", "eth0"),
+            host_alias("k8s", "c1", "eth1"),
+            host_alias("k8s", "xc1", "eth0"),
+            "somebody else's".into(),
+            "membrane-cni:".into(),
+        ] {
+            assert!(
+                !alias_names_attachment(Some(&foreign), "c1", "eth0"),
+                "{foreign}"
+            );
+        }
+        let long_id = "a".repeat(400);
+        let cut = host_alias("k8s", &long_id, "eth0");
+        assert!(alias_names_attachment(Some(&cut), &long_id, "eth0"));
+        assert!(!alias_names_attachment(
+            Some(&cut),
+            &"b".repeat(400),
+            "eth0"
+        ));
     }
 
     #[test]

@@ -180,6 +180,36 @@ pub fn unwire(host_iface: &str) -> io::Result<bool> {
     )
 }
 
+/// What removing an attachment's host link found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unwired {
+    Removed,
+    Absent,
+    /// A link has the name but its alias names another attachment: left alone.
+    Foreign(String),
+}
+
+/// Removes the attachment's host-side veth when its alias says it is this attachment's.
+pub fn unwire_attachment(
+    host_iface: &str,
+    container_id: &str,
+    ifname: &str,
+) -> io::Result<Unwired> {
+    let mut s = Socket::open()?;
+    let Some(link) = s.link(host_iface)? else {
+        return Ok(Unwired::Absent);
+    };
+    if !crate::naming::alias_names_attachment(link.alias.as_deref(), container_id, ifname) {
+        return Ok(Unwired::Foreign(link.alias.unwrap_or_default()));
+    }
+    let removed = step(|| format!("delete {host_iface}"), s.delete_link(host_iface))?;
+    Ok(if removed {
+        Unwired::Removed
+    } else {
+        Unwired::Absent
+    })
+}
+
 /// What the kernel holds for an attachment, for CHECK.
 #[derive(Debug, Clone)]
 pub struct Observed {

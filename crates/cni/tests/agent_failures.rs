@@ -339,3 +339,63 @@ fn del_removes_the_link_even_when_the_agent_fails_and_reports_the_failure() {
         "the link went anyway"
     );
 }
+
+#[test]
+fn a_link_of_another_attachment_under_the_same_name_is_never_removed() {
+    let agent = FakeAgent::start("foreign", |method, path| match (method, path) {
+        ("POST", "/v1/ipam/allocations") => allocation("10.254.0.12", 32),
+        ("POST", "/v1/endpoints") => (200, json!({ "ipv4": "10.254.0.12" })),
+        _ => released(),
+    });
+    let ns = Netns::new("foreign");
+    let network = format!("rs-foreign-{}", std::process::id());
+    let (ok, out) = plugin(
+        "ADD",
+        "c-foreign",
+        Some(&ns.path()),
+        &network,
+        &agent.socket,
+    );
+    assert!(ok, "{out}");
+    let host = out["interfaces"][0]["name"].as_str().unwrap().to_string();
+    // As if a hash collision gave another attachment's link this name.
+    let set_alias = |alias: &str| {
+        assert!(Command::new("ip")
+            .args(["link", "set", &host, "alias", alias])
+            .status()
+            .unwrap()
+            .success())
+    };
+    set_alias(&format!("membrane-cni:{network}:c-other/eth0"));
+    let exists = || {
+        Command::new("ip")
+            .args(["link", "show", &host])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+
+    let (ok, out) = plugin("DEL", "c-foreign", None, &network, &agent.socket);
+    assert!(ok, "{out}");
+    assert!(exists(), "DEL left the other attachment's link alone");
+    let (ok, out) = plugin(
+        "ADD",
+        "c-foreign",
+        Some(&ns.path()),
+        &network,
+        &agent.socket,
+    );
+    assert!(!ok);
+    assert_eq!(out["code"], 102, "{out}");
+    assert!(
+        exists(),
+        "the failed ADD's cleanup left the other attachment's link alone"
+    );
+
+    set_alias(&format!("membrane-cni:{network}:c-foreign/eth0"));
+    let (ok, out) = plugin("DEL", "c-foreign", None, &network, &agent.socket);
+    assert!(ok, "{out}");
+    assert!(!exists());
+}
