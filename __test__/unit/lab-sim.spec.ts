@@ -1,11 +1,14 @@
 /**
  * Pure parts of the lab's node simulator and `lab probe`: argument parsing with a
  * clear error for every malformed input, the pod server's HTTP-or-echo decision,
- * the scripts' own argument checks, netns naming.
+ * the scripts' own argument checks, netns naming, and what the simulator
+ * decides and writes for a pod.
  */
 import test from 'ava';
+import type { V1Pod } from '@kubernetes/client-node';
 import { parseProbeArgs, parseTarget, ProbeUsageError, type RawProbeArgs } from '../../ts/lab/probe.js';
 import { classifyFirstBytes, parsePodServerSpec } from '../../ts/lab/sim/pod-server.js';
+import { bindingFor, cniArgs, pendingStatus, podAction, podIPFromResult, podPorts, runningStatus, sandboxId } from '../../ts/lab/sim/pods.js';
 import { outcomeOfError, parseProbeRequest } from '../../ts/lab/sim/probe-client.js';
 import { simNetnsName } from '../../ts/lab/sim/scripts.js';
 
@@ -105,4 +108,54 @@ test('simulated pods live in netns mbr-sim-<uid>; anything but a UUID is refused
   t.is(simNetnsName('0f8e6a4c-1b2d-4c3e-9f00-aabbccddeeff'), 'mbr-sim-0f8e6a4c-1b2d-4c3e-9f00-aabbccddeeff');
   t.throws(() => simNetnsName('../../etc'), { message: /not a UUID/ });
   t.throws(() => simNetnsName(''), { message: /not a UUID/ });
+});
+
+const UID = '0f8e6a4c-1b2d-4c3e-9f00-aabbccddeeff';
+const pod = (over: Partial<V1Pod['spec']> = {}, meta: Partial<V1Pod['metadata']> = {}, status: V1Pod['status'] = {}): V1Pod => ({
+  metadata: { name: 'web-0', namespace: 'shop', uid: UID, ...meta },
+  spec: {
+    containers: [
+      { name: 'app', image: 'x', ports: [{ containerPort: 8080 }, { containerPort: 53, protocol: 'UDP' }, { containerPort: 8080, protocol: 'UDP' }] },
+      { name: 'side', image: 'y', ports: [{ containerPort: 9090 }] },
+    ],
+    ...over,
+  },
+  status,
+});
+
+test('what the simulator does with a pod', (t) => {
+  t.is(podAction(pod(), 'n1'), 'bind');
+  t.is(podAction(pod({}, { deletionTimestamp: new Date() }), 'n1'), 'ignore', 'an unscheduled pod being deleted needs nothing');
+  t.is(podAction(pod({ nodeName: 'n1' }), 'n1'), 'realize');
+  t.is(podAction(pod({ nodeName: 'n2' }), 'n1'), 'ignore');
+  t.is(podAction(pod({ nodeName: 'n1' }, { deletionTimestamp: new Date() }), 'n1'), 'finalize');
+  t.is(podAction(pod({ nodeName: 'n1' }, {}, { phase: 'Succeeded' }), 'n1'), 'finalize');
+});
+
+test('ports, sandbox id, CNI_ARGS and the Binding come from the pod', (t) => {
+  t.deepEqual(podPorts(pod()), [8080, 53, 9090]);
+  t.deepEqual(podPorts(pod({ containers: [{ name: 'a' }] })), []);
+  t.is(sandboxId(UID), '0f8e6a4c1b2d4c3e9f00aabbccddeeff');
+  t.deepEqual(cniArgs(pod()), { IgnoreUnknown: '1', K8S_POD_NAMESPACE: 'shop', K8S_POD_NAME: 'web-0', K8S_POD_INFRA_CONTAINER_ID: '0f8e6a4c1b2d4c3e9f00aabbccddeeff', K8S_POD_UID: UID });
+  t.deepEqual(bindingFor(pod(), 'n1'), { apiVersion: 'v1', kind: 'Binding', metadata: { name: 'web-0', namespace: 'shop', uid: UID }, target: { apiVersion: 'v1', kind: 'Node', name: 'n1' } });
+});
+
+test('the pod IP is the first IPv4 of the ADD result; a result without one is an error', (t) => {
+  t.is(podIPFromResult({ cniVersion: '1.1.0', interfaces: [], ips: [{ address: 'fd00::5/128' }, { address: '10.244.0.7/32', gateway: '169.254.1.1' }] }), '10.244.0.7');
+  t.throws(() => podIPFromResult({ cniVersion: '1.1.0', interfaces: [], ips: [] }), { message: /has no IPv4 address/ });
+});
+
+test('the status of a running pod: phase, IPs, conditions and containers, keeping earlier times', (t) => {
+  const now = new Date('2026-01-02T03:04:05Z');
+  const s = runningStatus(pod({ nodeName: 'n1' }), '10.244.0.7', '127.0.0.1', now);
+  t.like(s, { phase: 'Running', podIP: '10.244.0.7', podIPs: [{ ip: '10.244.0.7' }], hostIP: '127.0.0.1', startTime: '2026-01-02T03:04:05.000Z' as unknown as Date });
+  t.deepEqual(s.conditions?.map((c) => [c.type, c.status]).sort(), [['ContainersReady', 'True'], ['Initialized', 'True'], ['PodReadyToStartContainers', 'True'], ['PodScheduled', 'True'], ['Ready', 'True']]);
+  t.deepEqual(s.containerStatuses?.map((c) => [c.name, c.ready, c.started]), [['app', true, true], ['side', true, true]]);
+  const earlier = '2025-12-31T00:00:00.000Z' as unknown as Date;
+  const again = runningStatus(pod({ nodeName: 'n1' }, {}, { startTime: earlier, conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: earlier }] }), '10.244.0.7', '127.0.0.1', now);
+  t.is(again.startTime, earlier);
+  t.is(again.conditions?.find((c) => c.type === 'Ready')?.lastTransitionTime, earlier);
+  const pending = pendingStatus(pod({ nodeName: 'n1' }), 'NetworkNotReady', 'CNI ADD failed: code 11', now);
+  t.is(pending.phase, 'Pending');
+  t.like(pending.conditions?.find((c) => c.type === 'Ready'), { status: 'False', reason: 'NetworkNotReady', message: 'CNI ADD failed: code 11' });
 });
