@@ -10,9 +10,11 @@
  * 10.241.0.0/16 and 10.242.0.0/16, torn down with `lab down --purge`.
  * helm is built once from the Go module proxy by ts/setup/build-helm.sh.
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { request } from 'node:https';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import type { KubeConfig } from '@kubernetes/client-node';
@@ -486,4 +488,90 @@ serial('the Dockerfile copies what exists and produces every path the DaemonSet 
   t.regex(build, /clang-16/);
   const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
   t.regex(pkg.scripts['build'] ?? '', /build:addon.*build:cni.*build:ts/);
+});
+
+serial('helm lint --strict passes', (t) => {
+  const r = runHelm(['lint', '--strict', helmChartDir(), '--kube-version', kubeVersion, '--set', `image.repository=${TEST_IMAGE_REPO}`]);
+  t.true(r.ok, r.stdout + r.stderr);
+});
+
+// ---------------------------------------------------------------------------
+// The containers' own scripts, run here against stand-ins for their mounts
+
+type Scripted = { name: string; command: string[] };
+
+serial("the install-cni init container's script installs the plugin and the conflist atomically", (t) => {
+  const ds = find(plainManifests(), 'DaemonSet', 'membrane-agent');
+  const init = podSpecOf(ds).initContainers.find((c) => c.name === 'install-cni') as unknown as Scripted;
+  const root = mkdtempSync(join(tmpdir(), 'membrane-install-cni-'));
+  try {
+    const app = join(root, 'app');
+    mkdirSync(join(app, 'deploy', 'cni'), { recursive: true });
+    writeFileSync(join(app, 'membrane-cni'), '#!/bin/sh\necho plugin\n');
+    chmodSync(join(app, 'membrane-cni'), 0o600);
+    writeFileSync(join(app, 'deploy', 'cni', '10-membrane.conflist'), readFileSync(join(deployDir(), 'cni', '10-membrane.conflist')));
+    for (const d of ['opt/cni/bin', 'etc/cni/net.d']) mkdirSync(join(root, 'host', d), { recursive: true });
+    // An older plugin is replaced.
+    writeFileSync(join(root, 'host/opt/cni/bin/membrane-cni'), 'old');
+    const script = init.command[2]!.replaceAll('/host/', `${root}/host/`).replaceAll('/app/', `${app}/`);
+    const r = spawnSync(init.command[0]!, [init.command[1]!, script], { encoding: 'utf8' });
+    t.is(r.status, 0, r.stderr);
+    t.is(readFileSync(join(root, 'host/opt/cni/bin/membrane-cni'), 'utf8'), '#!/bin/sh\necho plugin\n');
+    t.is(readFileSync(join(root, 'host/opt/cni/bin/membrane-cni')).length > 0, true);
+    t.is(spawnSync('stat', ['-c', '%a', join(root, 'host/opt/cni/bin/membrane-cni')], { encoding: 'utf8' }).stdout.trim(), '755');
+    t.deepEqual(JSON.parse(readFileSync(join(root, 'host/etc/cni/net.d/10-membrane.conflist'), 'utf8')), JSON.parse(readFileSync(join(deployDir(), 'cni', '10-membrane.conflist'), 'utf8')));
+    t.deepEqual(readdirSync(join(root, 'host/opt/cni/bin')), ['membrane-cni'], 'no temporary file left');
+    t.deepEqual(readdirSync(join(root, 'host/etc/cni/net.d')), ['10-membrane.conflist']);
+    // A missing plugin fails the init container (and so the pod), it does not install half.
+    rmSync(join(app, 'membrane-cni'));
+    const broken = spawnSync(init.command[0]!, [init.command[1]!, script], { encoding: 'utf8' });
+    t.not(broken.status, 0);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+serial('the mount-bpf-fs init container leaves a mounted bpffs alone', (t) => {
+  const ds = find(plainManifests(), 'DaemonSet', 'membrane-agent');
+  const init = podSpecOf(ds).initContainers.find((c) => c.name === 'mount-bpf-fs') as unknown as Scripted;
+  t.is(spawnSync('stat', ['-f', '-c', '%T', '/sys/fs/bpf'], { encoding: 'utf8' }).stdout.trim(), 'bpf_fs', 'this machine has bpffs at /sys/fs/bpf');
+  const r = spawnSync(init.command[0]!, [init.command[1]!, init.command[2]!], { encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout.trim(), 'bpffs is mounted at /sys/fs/bpf');
+});
+
+serial("the agent's probes: ready only on 200 from /v1/healthz, alive on any answer, failing without the socket", async (t) => {
+  const ds = find(plainManifests(), 'DaemonSet', 'membrane-agent');
+  const agent = agentOf(ds) as unknown as Record<'startupProbe' | 'livenessProbe' | 'readinessProbe', { exec: { command: string[] } }>;
+  const dir = mkdtempSync(join(tmpdir(), 'membrane-probe-'));
+  const socket = join(dir, 'agent.sock');
+  const run = (probe: 'startupProbe' | 'livenessProbe' | 'readinessProbe') =>
+    new Promise<number | null>((resolve) => {
+      const [cmd, ...args] = agent[probe].exec.command.map((a) => a.replaceAll('/var/run/membrane/agent.sock', socket));
+      const child = spawn(cmd!, args, { stdio: 'ignore' });
+      child.on('close', resolve);
+    });
+  let status = 200;
+  let paths: string[] = [];
+  const server = createServer((req, res) => {
+    paths.push(req.url ?? '');
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ ok: status === 200 }));
+  });
+  try {
+    t.is(await run('readinessProbe'), 1, 'no agent: not ready');
+    t.is(await run('livenessProbe'), 1, 'no agent: not alive');
+    await new Promise<void>((r) => server.listen(socket, r));
+    t.is(await run('readinessProbe'), 0);
+    t.is(await run('livenessProbe'), 0);
+    t.is(await run('startupProbe'), 0);
+    status = 503;
+    t.is(await run('readinessProbe'), 1, 'syncing: not ready');
+    t.is(await run('livenessProbe'), 0, 'syncing: alive');
+    t.true(paths.every((p) => p === '/v1/healthz'), paths.join(', '));
+    paths = [];
+  } finally {
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
