@@ -219,6 +219,28 @@ serial('a frozen kube-apiserver (30 s): traffic keeps flowing under the last pol
   t.true((await agentStatus(AGENT)).kubernetes.ok);
 });
 
+serial('relabelling an endpoint\'s pod moves it to a new identity without dropping a request, old or new', async (t) => {
+  const before = (await api<EndpointView[]>('/v1/endpoints')).find((e) => e.pod.name === 'client')!.identity;
+  const probe = collect(runInPod(wired['client']!.netns, 'traffic-probe.mjs', [wired['server']!.ip, '8080', '6']));
+  await new Promise((r) => setTimeout(r, 1500));
+  const pod = await core.readNamespacedPod({ namespace: NS, name: 'client' });
+  pod.metadata!.labels = { ...pod.metadata!.labels, version: 'v2' };
+  await core.replaceNamespacedPod({ namespace: NS, name: 'client', body: pod });
+  const after = await until(async () => {
+    const id = (await api<EndpointView[]>('/v1/endpoints')).find((e) => e.pod.name === 'client')!.identity;
+    return id !== before ? id : undefined;
+  }, 'the client endpoint on its new identity');
+  await until(async () => (await ipcacheIdentity(wired['client']!.ip)) === after, 'the client address on its new identity in the ipcache');
+  const r = JSON.parse((await probe).stdout) as { longFailures: number; newFailures: number; newConnections: number; reasons: string[] };
+  t.true(r.newConnections > 30);
+  t.is(r.longFailures, 0, r.reasons.join('\n'));
+  t.is(r.newFailures, 0, r.reasons.join('\n'));
+  const entries = await api<PolicyEntryView[]>(`/v1/bpf/policy/${wired['server']!.endpoint.id}`);
+  // The old identity still exists (it is collected after the GC grace period) and still
+  // matches the selector, so it stays allowed until then, as in Cilium.
+  t.true(entries.some((e) => e.identity === after), 'the server allows the new identity');
+});
+
 serial('bad input is logged and skipped; the agent stays healthy', async (t) => {
   // A pod with more labels than an identity may hold (valid for Kubernetes).
   const labels: Record<string, string> = {};

@@ -119,7 +119,7 @@ function memoryMap<K, V>(name: string, journal: string[], keyId: (k: K) => strin
   return { backend, keyId, equal: plainEqual, normalise: normaliser(codec) };
 }
 
-test('the pipeline writes the ipcache, then policy, then the endpoint flags, and sync() waits for the maps', async (t) => {
+test('the pipeline adds policy, then moves the ipcache, then the endpoint flags, then removes stale policy; sync() waits for the maps', async (t) => {
   const journal: string[] = [];
   const maps: DatapathMaps = {
     ipcache: memoryMap('ipcache', journal, (k) => `${k.addr}/${k.prefixLen}`, ipcacheEntryCodec),
@@ -137,10 +137,18 @@ test('the pipeline writes the ipcache, then policy, then the endpoint flags, and
     policy: { entries: [[{ prefixLen: 96, epId: 2, direction: 1, identity: 300, proto: 6, dport: 80 }, { action: 1 }]], enforcement: new Map([[2, { epId: 2, ingress: true, egress: false }]]), cidrIdentities: new Map() },
   });
   await pipeline.sync();
-  t.deepEqual(journal, ['ipcache:update:1', 'policy:update:1', 'ep_ifindex:update:1', 'ep_ip:update:1']);
+  t.deepEqual(journal, ['policy:update:1', 'ipcache:update:1', 'ep_ifindex:update:1', 'ep_ip:update:1']);
   journal.length = 0;
   await pipeline.sync();
   t.deepEqual(journal, [], 'an unchanged desired state writes nothing');
+  // A peer relabelled from 300 to 301: the allow for 301 goes in before the ipcache moves, the one for 300 after.
+  state = inputs({
+    pods: [{ key: 'default/peer', ip: '10.0.0.5', identity: 301, pending: false }],
+    endpoints: [{ endpoint: endpoint(2, '10.0.0.10'), identity: 400 }],
+    policy: { entries: [[{ prefixLen: 96, epId: 2, direction: 1, identity: 301, proto: 6, dport: 80 }, { action: 1 }]], enforcement: new Map([[2, { epId: 2, ingress: true, egress: false }]]), cidrIdentities: new Map() },
+  });
+  await pipeline.sync();
+  t.deepEqual(journal, ['policy:update:1', 'ipcache:update:1', 'policy:delete:1']);
   pipeline.stop();
 });
 

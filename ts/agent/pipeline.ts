@@ -1,12 +1,16 @@
 /**
  * The ordered application of desired state to the maps. Each pass computes the
  * whole desired state (pure functions, see desired.ts) and applies it map by map
- * in an order that never opens a hole:
+ * in an order that never opens a hole (make before break):
  *
- *   1. ipcache    - a peer's identity is known before a policy can rely on it;
- *   2. policy     - an endpoint's entries exist before its flags enforce them;
- *   3. endpoints  - identity and enforcement flags of the local endpoints.
+ *   1. policy, additions and changes - entries for an identity exist before any
+ *      address maps to it, and before an endpoint's flags enforce them;
+ *   2. ipcache                       - peers move to their (new) identities;
+ *   3. endpoints                     - identity and enforcement flags of the local endpoints;
+ *   4. policy, removals              - entries of identities no address uses any more.
  *
+ * So a relabelled peer is allowed under its new identity before its address
+ * carries it, and an endpoint never enforces a policy whose entries are missing.
  * Triggers are coalesced (auditTime), passes never overlap, and `sync()` resolves
  * after a pass that started after the call has completed, so the CNI ADD path
  * can wait until a new endpoint's policy is in the kernel before attaching it.
@@ -109,14 +113,17 @@ export class Pipeline {
     const t1 = performance.now();
     this.opts.onDesired?.(state);
     const { maps } = this.opts;
+    const policy = state.policy.map(([k, v]) => [k, maps.policy.normalise(v)] as const);
+    this.policy.setDesired(policy, { keepExtra: true });
+    await this.policy.whenInSync();
     this.ipcache.setDesired(state.ipcache.map(([k, v]) => [k, maps.ipcache.normalise(v)] as const));
     await this.ipcache.whenInSync();
-    this.policy.setDesired(state.policy.map(([k, v]) => [k, maps.policy.normalise(v)] as const));
-    await this.policy.whenInSync();
     const eps = state.endpoints.map((e) => maps.endpointsByIfindex.normalise(e));
     this.endpointsByIfindex.setDesired(eps.map((e) => [e.ifindex, e] as const));
     this.endpointsByIp.setDesired(eps.map((e) => [String(e.ipv4), e] as const));
     await Promise.all([this.endpointsByIfindex.whenInSync(), this.endpointsByIp.whenInSync()]);
+    this.policy.setDesired(policy);
+    await this.policy.whenInSync();
     this.lastTiming = { computeMs: t1 - t0, applyMs: performance.now() - t1 };
     this.passes++;
     this.release(gen);

@@ -75,6 +75,8 @@ export class Reconciler<K, V> {
   private readonly opts: Required<Omit<ReconcilerOptions<K, V>, 'now' | 'sleep'>> & { now: () => number; sleep: (ms: number) => Promise<void> };
   private realized: Map<string, readonly [K, V]> | null = null;
   private desired: EntrySet<K, V> | null = null;
+  /** The latest desired state asks to add and change only (entries it lacks stay for now). */
+  private keepExtra = false;
   /** When the oldest desired change not yet applied arrived. */
   private pendingSince: number | null = null;
   private readonly changes = new Subject<void>();
@@ -125,9 +127,14 @@ export class Reconciler<K, V> {
     this.subscription = null;
   }
 
-  /** Sets the complete desired content of the map (computed by a pure function). */
-  setDesired(entries: Iterable<readonly [K, V]>): void {
+  /**
+   * Sets the complete desired content of the map (computed by a pure function).
+   * With `keepExtra`, entries the map holds beyond it are left for a later call
+   * (make before break: add the new, remove the old after dependent maps moved).
+   */
+  setDesired(entries: Iterable<readonly [K, V]>, options: { keepExtra?: boolean } = {}): void {
     this.desired = entrySet(entries, this.opts.keyId);
+    this.keepExtra = options.keepExtra ?? false;
     this.pendingSince ??= this.opts.now();
     this.patchStats({ inSync: false });
     this.changes.next();
@@ -151,7 +158,9 @@ export class Reconciler<K, V> {
     if (!desired || !realized) return;
     const since = this.pendingSince ?? this.opts.now();
     this.pendingSince = null;
+    const keepExtra = this.keepExtra;
     const diff = diffEntries(desired, realized, this.opts.equal);
+    if (keepExtra) diff.deletes = [];
     let attempts = 0;
     if (!isEmptyDiff(diff)) {
       for (;;) {
@@ -172,6 +181,7 @@ export class Reconciler<K, V> {
           }
           // Recompute: part of the diff may have been written before the failure.
           Object.assign(diff, diffEntries(desired, realized, this.opts.equal));
+          if (keepExtra) diff.deletes = [];
         }
       }
     }
