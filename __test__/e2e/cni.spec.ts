@@ -187,16 +187,19 @@ serial('CHECK through cnitool passes on a healthy pod and names what was changed
   t.is(cnitool(tool, 'check', NETWORK, a.netns.path, cniEnv('client')).code, 0);
   inNetns(a.netns.name, 'ip', ['link', 'set', 'eth0', 'mtu', '1300']);
   inNetns(a.netns.name, 'ip', ['route', 'del', 'default']);
+  inNetns(a.netns.name, 'ip', ['neigh', 'del', GATEWAY, 'dev', 'eth0']);
   const bad = cnitool(tool, 'check', NETWORK, a.netns.path, cniEnv('client'));
   t.not(bad.code, 0);
   t.regex(bad.stderr, /MTU 1300 instead of 1450/);
   t.regex(bad.stderr, /no default route via 169\.254\.1\.1/);
+  t.regex(bad.stderr, /no permanent neighbour 169\.254\.1\.1/);
   // The same CHECK as a runtime sees it: code 103.
   const direct = await invokeCni(plugin, { command: 'CHECK', containerId: a.containerId, netns: a.netns.path, ifname: 'eth0', config: pluginConfig(conflist, 0, { prevResult: a.result }) });
   t.false(direct.ok);
   t.is((direct as { error: { code: number } }).error.code, 103);
   inNetns(a.netns.name, 'ip', ['link', 'set', 'eth0', 'mtu', String(MTU)]);
   inNetns(a.netns.name, 'ip', ['route', 'add', 'default', 'via', GATEWAY, 'dev', 'eth0']);
+  inNetns(a.netns.name, 'ip', ['neigh', 'replace', GATEWAY, 'lladdr', a.result.interfaces[0]!.mac!, 'dev', 'eth0', 'nud', 'permanent']);
   t.is(cnitool(tool, 'check', NETWORK, a.netns.path, cniEnv('client')).code, 0);
 });
 

@@ -29,6 +29,7 @@ const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
 const RTM_NEWNEIGH: u16 = 28;
+const RTM_GETNEIGH: u16 = 30;
 
 // link attributes
 const IFLA_ADDRESS: u16 = 1;
@@ -402,6 +403,37 @@ pub fn parse_route(payload: &[u8]) -> Option<Route> {
     Some(route)
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    pub index: i32,
+    pub ip: Ipv4Addr,
+    pub mac: Option<[u8; 6]>,
+    pub permanent: bool,
+}
+
+pub fn parse_neighbour(payload: &[u8]) -> Option<Neighbour> {
+    if payload.len() < NDMSG_LEN || payload[0] != AF_INET {
+        return None;
+    }
+    let index = i32::from_ne_bytes(payload[4..8].try_into().ok()?);
+    let state = u16::from_ne_bytes(payload[8..10].try_into().ok()?);
+    let attrs = parse_attrs(&payload[NDMSG_LEN..]);
+    let ip = attrs
+        .iter()
+        .find(|(k, _)| *k == NDA_DST)
+        .and_then(|(_, d)| ipv4(d))?;
+    let mac = attrs
+        .iter()
+        .find(|(k, _)| *k == NDA_LLADDR)
+        .and_then(|(_, d)| <[u8; 6]>::try_from(*d).ok());
+    Some(Neighbour {
+        index,
+        ip,
+        mac,
+        permanent: state & NUD_PERMANENT != 0,
+    })
+}
+
 /// A NETLINK_ROUTE socket in the network namespace of the thread that opened it.
 pub struct Socket {
     fd: OwnedFd,
@@ -570,6 +602,14 @@ impl Socket {
             .collect())
     }
 
+    pub fn neighbours(&mut self) -> io::Result<Vec<Neighbour>> {
+        Ok(self
+            .exchange(&dump_message(RTM_GETNEIGH, AF_INET, NDMSG_LEN))?
+            .iter()
+            .filter_map(|(_, p)| parse_neighbour(p))
+            .collect())
+    }
+
     /// Deletes a link by name; Ok(false) when there is none.
     pub fn delete_link(&mut self, name: &str) -> io::Result<bool> {
         match self.apply(&link_delete_message(name)) {
@@ -672,6 +712,20 @@ mod tests {
             (route.dst_len, route.gateway, route.oif, route.table),
             (0, Some(gw), Some(5), RT_TABLE_MAIN as u32)
         );
+
+        let neigh =
+            parse_neighbour(&neighbour_replace_message(5, gw, [2, 0, 0, 0, 0, 9]).finish(1)[16..])
+                .unwrap();
+        assert_eq!(
+            neigh,
+            Neighbour {
+                index: 5,
+                ip: gw,
+                mac: Some([2, 0, 0, 0, 0, 9]),
+                permanent: true
+            }
+        );
+        assert_eq!(parse_neighbour(&[2u8; 7]), None);
 
         let ip = Ipv4Addr::new(10, 1, 2, 3);
         let addr = parse_address(&address_add_message(5, ip, 32).finish(1)[16..]).unwrap();

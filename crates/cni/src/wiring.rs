@@ -215,26 +215,36 @@ pub fn unwire_attachment(
 pub struct Observed {
     pub host: Option<Link>,
     pub host_routes: Vec<netlink::Route>,
+    pub host_neighbours: Vec<netlink::Neighbour>,
     pub pod: Option<Link>,
     pub pod_addresses: Vec<netlink::Address>,
     pub pod_routes: Vec<netlink::Route>,
+    pub pod_neighbours: Vec<netlink::Neighbour>,
 }
 
 pub fn observe(host_iface: &str, ifname: &str, netns: &NetNs) -> io::Result<Observed> {
     let mut host = Socket::open()?;
     let host_link = host.link(host_iface)?;
     let host_routes = host.routes()?;
+    let host_neighbours = host.neighbours()?;
     let ifname = ifname.to_string();
-    let (pod, pod_addresses, pod_routes) = netns.run(move || {
+    let (pod, pod_addresses, pod_routes, pod_neighbours) = netns.run(move || {
         let mut s = Socket::open()?;
-        Ok((s.link(&ifname)?, s.addresses()?, s.routes()?))
+        Ok((
+            s.link(&ifname)?,
+            s.addresses()?,
+            s.routes()?,
+            s.neighbours()?,
+        ))
     })?;
     Ok(Observed {
         host: host_link,
         host_routes,
+        host_neighbours,
         pod,
         pod_addresses,
         pod_routes,
+        pod_neighbours,
     })
 }
 
@@ -263,6 +273,24 @@ pub fn differences(
             }) {
                 out.push(format!("host has no route {ipv4}/32 dev {host_iface}"));
             }
+        }
+    }
+    // Each side reaches the other through a permanent neighbour entry for the other side's MAC.
+    if let (Some(h), Some(p)) = (&o.host, &o.pod) {
+        let has = |list: &[netlink::Neighbour], index: i32, ip: Ipv4Addr, mac: Option<[u8; 6]>| {
+            list.iter().any(|n| {
+                n.index == index && n.ip == ip && n.permanent && n.mac.is_some() && n.mac == mac
+            })
+        };
+        if !has(&o.host_neighbours, h.index, ipv4, p.mac) {
+            out.push(format!(
+                "host has no permanent neighbour {ipv4} -> {ifname}'s MAC on {host_iface}"
+            ));
+        }
+        if !has(&o.pod_neighbours, p.index, gateway, h.mac) {
+            out.push(format!(
+                "pod has no permanent neighbour {gateway} -> {host_iface}'s MAC on {ifname}"
+            ));
         }
     }
     match &o.pod {
@@ -336,7 +364,7 @@ pub fn host_links() -> io::Result<Vec<Link>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{Address, Route};
+    use crate::netlink::{Address, Neighbour, Route};
 
     const GW: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
     const IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 9);
@@ -364,10 +392,21 @@ mod tests {
         }
     }
 
+    fn neighbour(index: i32, ip: Ipv4Addr, mac_of: i32) -> Neighbour {
+        Neighbour {
+            index,
+            ip,
+            mac: Some([2, 0, 0, 0, 0, mac_of as u8]),
+            permanent: true,
+        }
+    }
+
     fn healthy() -> Observed {
         Observed {
             host: Some(link(7, "mbr0123456789a", Some("veth"), None)),
             host_routes: vec![route(IP, 32, None, 7, RT_SCOPE_LINK)],
+            host_neighbours: vec![neighbour(7, IP, 2)],
+            pod_neighbours: vec![neighbour(2, GW, 7)],
             pod: Some(link(2, "eth0", Some("veth"), None)),
             pod_addresses: vec![Address {
                 index: 2,
@@ -410,6 +449,31 @@ mod tests {
                 "{needle} not in {d:?}"
             );
         }
+        let mut o = healthy();
+        o.host_neighbours[0].permanent = false;
+        o.pod_neighbours[0].mac = Some([9; 6]);
+        let d = differences(&o, "mbr0123456789a", "eth0", IP, GW, Some(1500));
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d[0].contains("host has no permanent neighbour 10.244.0.9")
+                && d[1].contains("pod has no permanent neighbour 169.254.1.1"),
+            "{d:?}"
+        );
+
+        let mut o = healthy();
+        o.host_neighbours[0].permanent = false;
+        o.pod_neighbours[0].mac = Some([9; 6]);
+        let d = differences(&o, "mbr0123456789a", "eth0", IP, GW, Some(1500));
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d[0].contains("host has no permanent neighbour 10.244.0.9"),
+            "{d:?}"
+        );
+        assert!(
+            d[1].contains("pod has no permanent neighbour 169.254.1.1"),
+            "{d:?}"
+        );
+
         let mut o = healthy();
         o.pod = None;
         o.host_routes.clear();
