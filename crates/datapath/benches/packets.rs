@@ -81,7 +81,7 @@ fn packets(c: &mut Criterion) {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         port = (port + 1) % 50_000;
-                        if port % 1000 == 0 {
+                        if port.is_multiple_of(1000) {
                             drain_events(h).expect("drain");
                         }
                         if port == 0 {

@@ -647,7 +647,13 @@ impl FloorBench {
     /// Mean ns of `runs` single runs, each on a frame of a new flow: the
     /// baseline of the new-flow path.
     pub fn single(&mut self, runs: u32) -> Result<f64> {
-        single_runs(&mut self.harness, Self::PROG, runs, BENCH_ALLOWED_PORT, None)
+        single_runs(
+            &mut self.harness,
+            Self::PROG,
+            runs,
+            BENCH_ALLOWED_PORT,
+            None,
+        )
     }
 }
 
@@ -771,7 +777,13 @@ impl LxcBench {
             // single_runs numbers source ports from the same start every
             // call: flush so that every run is a new flow.
             flush_ct_tables(h)?;
-            chunks.push(single_runs(h, PROG, runs, BENCH_ALLOWED_PORT, Some(PASS_ON))?);
+            chunks.push(single_runs(
+                h,
+                PROG,
+                runs,
+                BENCH_ALLOWED_PORT,
+                Some(PASS_ON),
+            )?);
             done += runs;
         }
         let new_flow = median(&mut chunks);
