@@ -9,7 +9,7 @@
  *
  * One pipeline serves both hooks, specialised by the traffic direction:
  *
- *   endpoint (skb->ifindex) -> L2 -> IPv4 parse -> [source check] -> fragments
+ *   endpoint (skb->ifindex; cached) -> L2 -> IPv4 parse -> [source check] -> fragments
  *     -> conntrack: ESTABLISHED / REPLY / RELATED  -> update, maybe report, pass
  *                   NEW -> ipcache(peer) -> policy -> CT create -> events -> pass / drop
  *
@@ -39,7 +39,39 @@ struct mbr_ctx {
 	__u8 enforced;            /* policy applies in dir */
 	__u8 audit;               /* would-be drops pass as AUDIT */
 	__u8 parsed;              /* pkt holds at least the IP addresses */
+	__u8 cached;              /* ep is the cache's copy, not yet confirmed */
 };
+
+/* Sets what the context derives from the endpoint's flags. */
+static __always_inline void ctx_set_endpoint(struct mbr_ctx *c, const struct endpoint_info *ep)
+{
+	c->ep = ep;
+	c->enforced = (ep->flags & (c->dir == MBR_TRAFFIC_EGRESS ? MBR_EP_F_EGRESS_ENFORCED :
+								    MBR_EP_F_INGRESS_ENFORCED)) != 0;
+	c->audit = (ep->flags & MBR_EP_F_AUDIT) != 0;
+}
+
+/*
+ * Replaces a cached endpoint with the authoritative entry (refreshing the
+ * cache). Everything beyond passing a tracked connection's packet calls
+ * this first. 0, or MBR_NOT_AN_ENDPOINT when the interface has no entry
+ * (any more).
+ */
+#define MBR_NOT_AN_ENDPOINT 0x100
+
+static __always_inline int endpoint_confirm(struct mbr_ctx *c)
+{
+	const struct endpoint_info *ep;
+
+	if (!c->cached)
+		return 0;
+	c->cached = 0;
+	ep = endpoint_by_ifindex(c->skb->ifindex);
+	if (!ep)
+		return MBR_NOT_AN_ENDPOINT;
+	ctx_set_endpoint(c, ep);
+	return 0;
+}
 
 /* Starts the event(s) about the current packet. */
 static __always_inline void event_start(const struct mbr_ctx *c, struct mbr_event_info *info,
@@ -69,7 +101,6 @@ static __always_inline void event_send(const struct mbr_ctx *c, struct mbr_event
  * endpoint's. The entry points turn that into the tc verdict and count the
  * packet once, at a single exit.
  */
-#define MBR_NOT_AN_ENDPOINT 0x100
 
 static __always_inline int pass(const struct mbr_ctx *c __attribute__((unused)))
 {
@@ -203,6 +234,13 @@ static __always_inline int handle_new(struct mbr_ctx *c, __u32 now, const struct
 	return pass(c);
 }
 
+/*
+ * The endpoint comes from the cache when it has the interface (no function
+ * call), else from mbr_ep_ifindex. A cached endpoint only ever lets a
+ * tracked connection's packet pass; every other outcome (a drop, a new
+ * connection, non-IPv4, fragments) confirms it against mbr_ep_ifindex
+ * first, so policy flags are always the agent's latest.
+ */
 static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 {
 	struct mbr_ctx c = { .skb = skb, .dir = dir, .len = skb->len };
@@ -213,14 +251,16 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	__u8 status;
 	int reason;
 
-	ep = endpoint_by_ifindex(skb->ifindex);
-	if (!ep)
-		/* Not an endpoint's veth: never attached so by the agent. */
-		return MBR_NOT_AN_ENDPOINT;
-	c.ep = ep;
-	c.enforced = (ep->flags & (dir == MBR_TRAFFIC_EGRESS ? MBR_EP_F_EGRESS_ENFORCED :
-							       MBR_EP_F_INGRESS_ENFORCED)) != 0;
-	c.audit = (ep->flags & MBR_EP_F_AUDIT) != 0;
+	ep = endpoint_cached(skb->ifindex);
+	if (ep) {
+		c.cached = 1;
+	} else {
+		ep = endpoint_by_ifindex(skb->ifindex);
+		if (!ep)
+			/* Not an endpoint's veth: never attached so by the agent. */
+			return MBR_NOT_AN_ENDPOINT;
+	}
+	ctx_set_endpoint(&c, ep);
 
 	switch (parse_l2(skb)) {
 	case MBR_L3_IPV4:
@@ -228,12 +268,16 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	case MBR_L3_ARP:
 		return pass(&c);
 	default:
+		if (endpoint_confirm(&c))
+			return MBR_NOT_AN_ENDPOINT;
 		if (!c.enforced)
 			return pass(&c);
 		return enforce_drop(&c, MBR_DROP_UNSUPPORTED_L3);
 	}
 
 	reason = parse_ipv4(skb, &c.pkt);
+	if (reason && endpoint_confirm(&c))
+		return MBR_NOT_AN_ENDPOINT;
 	if (reason == MBR_DROP_INVALID_PACKET)
 		return drop(&c, reason, 0);
 	c.parsed = 1;
@@ -242,10 +286,16 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 
 	/* A pod speaks only with its own address: a spoofed source would borrow
 	 * another workload's identity and connections. */
-	if (dir == MBR_TRAFFIC_EGRESS && ep->ipv4 && c.pkt.saddr != ep->ipv4)
-		return drop(&c, MBR_DROP_INVALID_SOURCE_IP, 0);
+	if (dir == MBR_TRAFFIC_EGRESS && c.ep->ipv4 && c.pkt.saddr != c.ep->ipv4) {
+		if (endpoint_confirm(&c))
+			return MBR_NOT_AN_ENDPOINT;
+		if (c.ep->ipv4 && c.pkt.saddr != c.ep->ipv4)
+			return drop(&c, MBR_DROP_INVALID_SOURCE_IP, 0);
+	}
 
 	if (c.pkt.frag == MBR_FRAG_NONFIRST && frag_recall(&c.pkt)) {
+		if (endpoint_confirm(&c))
+			return MBR_NOT_AN_ENDPOINT;
 		if (!c.enforced)
 			return pass(&c);
 		return enforce_drop(&c, MBR_DROP_FRAG_NOT_SUPPORTED);
@@ -254,10 +304,24 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	config_load(&cfg);
 	now = clock_now();
 
-	status = ct_lookup(&c.pkt, dir, ep->ep_id, now, &e);
+	status = ct_lookup(&c.pkt, dir, c.ep->ep_id, now, &e);
 	if (e && status != MBR_CT_NEW &&
 	    !(status == MBR_CT_ESTABLISHED && ct_tcp_reopens(&c.pkt, e)))
 		return handle_tracked(&c, e, status, now, &cfg);
+
+	if (c.cached) {
+		__u16 cached_ep_id = c.ep->ep_id;
+
+		if (endpoint_confirm(&c))
+			return MBR_NOT_AN_ENDPOINT;
+		/* The cache was behind: look again as the endpoint it is now. */
+		if (c.ep->ep_id != cached_ep_id) {
+			status = ct_lookup(&c.pkt, dir, c.ep->ep_id, now, &e);
+			if (e && status != MBR_CT_NEW &&
+			    !(status == MBR_CT_ESTABLISHED && ct_tcp_reopens(&c.pkt, e)))
+				return handle_tracked(&c, e, status, now, &cfg);
+		}
+	}
 	return handle_new(&c, now, &cfg);
 }
 

@@ -3,6 +3,19 @@
  * endpoint.h - local endpoints (pods on this node), found by the ifindex of
  * their host-side veth or by their IPv4 address. Written by the agent when an
  * endpoint is created, before its programs are attached.
+ *
+ * mbr_ep_ifindex is the authority. It is a hash map, and a hash lookup is a
+ * function call (two, with the key compare) that the established path
+ * cannot afford on CPUs with return-stack mitigations. So the datapath keeps
+ * its own copy of the entries it has used in mbr_ep_cache, an array indexed
+ * by ifindex (whose lookup the verifier inlines), for interfaces whose
+ * ifindex fits. The cache is written only here, from the authoritative
+ * entry, and serves only the established path (ownership of CT entries, the
+ * source check, event identities); every decision that depends on policy
+ * flags, and every packet the cache cannot pass on its own, reads the
+ * authority first (endpoint_confirm), which also refreshes the slot. So the
+ * cache can lag the agent's writes only for packets of tracked connections,
+ * until the next packet of that interface that is not one.
  * Rust twins: crates/datapath/src/maps/endpoint.rs.
  */
 #ifndef MEMBRANE_LIB_ENDPOINT_H
@@ -12,6 +25,10 @@
 
 #ifndef MBR_ENDPOINTS_MAX
 #define MBR_ENDPOINTS_MAX 65536
+#endif
+/* Slots of mbr_ep_cache: interfaces with a smaller ifindex are cached. */
+#ifndef MBR_EP_CACHE_SLOTS
+#define MBR_EP_CACHE_SLOTS 16384
 #endif
 
 /* endpoint_info.flags */
@@ -39,6 +56,14 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mbr_ep_ifindex SEC(".maps");
 
+/* ifindex -> copy of its mbr_ep_ifindex entry (ifindex 0: empty slot) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct endpoint_info);
+	__uint(max_entries, MBR_EP_CACHE_SLOTS);
+} mbr_ep_cache SEC(".maps");
+
 /* IPv4 address (network order, stored as __u32) -> endpoint */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -48,10 +73,59 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mbr_ep_ip SEC(".maps");
 
-/* The endpoint whose host-side veth has `ifindex`, or NULL. */
-static __always_inline struct endpoint_info *endpoint_by_ifindex(__u32 ifindex)
+/* The cached endpoint of `ifindex`, or NULL when its slot holds none (or
+ * another interface's, or ifindex is beyond the cache). No function call. */
+static __always_inline const struct endpoint_info *endpoint_cached(__u32 ifindex)
 {
-	return bpf_map_lookup_elem(&mbr_ep_ifindex, &ifindex);
+	const struct endpoint_info *slot = bpf_map_lookup_elem(&mbr_ep_cache, &ifindex);
+
+	if (slot && ifindex != 0 && slot->ifindex == ifindex)
+		return slot;
+	return NULL;
+}
+
+/* Makes the cache slot of `ifindex` (if it has one) hold `ep`, or nothing
+ * when `ep` is NULL. Writes only on a difference, which is rare: an entry
+ * the agent changed, or the first packet of an interface. */
+static __always_inline void endpoint_cache_refresh(__u32 ifindex, const struct endpoint_info *ep)
+{
+	struct endpoint_info *slot = bpf_map_lookup_elem(&mbr_ep_cache, &ifindex);
+	const __u64 *want, *have;
+
+	if (!slot)
+		return;
+	if (!ep) {
+		if (slot->ifindex == ifindex)
+			slot->ifindex = 0;
+		return;
+	}
+	want = (const __u64 *)ep;
+	have = (const __u64 *)slot;
+	if (have[0] == want[0] && have[1] == want[1] && have[2] == want[2] &&
+	    have[3] == want[3])
+		return;
+	/* Invalidate, fill, validate, so that a reader that starts after the
+	 * first store sees no entry or the new one. A reader already past its
+	 * ifindex check may mix old and new fields of the same interface's
+	 * entry; the established path tolerates that (a mismatch of address
+	 * or endpoint id sends the packet to the authority, see bpf_lxc.c). */
+	slot->ifindex = 0;
+	barrier();
+	for (int i = 1; i < (int)(sizeof(*ep) / 4); i++)
+		((__u32 *)slot)[i] = ((const __u32 *)ep)[i];
+	barrier();
+	slot->ifindex = ep->ifindex;
+}
+
+/* The endpoint whose host-side veth has `ifindex`, or NULL: the
+ * authoritative entry (one hash lookup), which also refreshes the cache. */
+static __always_inline const struct endpoint_info *endpoint_by_ifindex(__u32 ifindex)
+{
+	const struct endpoint_info *ep = bpf_map_lookup_elem(&mbr_ep_ifindex, &ifindex);
+
+	/* An entry under another ifindex than its own is never cached. */
+	endpoint_cache_refresh(ifindex, ep && ep->ifindex == ifindex ? ep : NULL);
+	return ep;
 }
 
 /* The endpoint id of the local endpoint with address `addr`, 0 if none. */

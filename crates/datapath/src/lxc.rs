@@ -63,7 +63,9 @@ use crate::{
     maps::{
         self,
         config::ConfigMap,
-        endpoint::{self as ep_map, EndpointInfo, EndpointsByIfindex, EndpointsByIp},
+        endpoint::{
+            self as ep_map, EndpointCache, EndpointInfo, EndpointsByIfindex, EndpointsByIp,
+        },
         ipcache::Ipcache,
         metrics::Metrics,
         packet_counter::Direction,
@@ -539,6 +541,11 @@ impl Lxc {
         EndpointsByIfindex::try_from(self.map_mut(ep_map::BY_IFINDEX_MAP)?)
     }
 
+    /// `mbr_ep_cache` (the programs' copy of endpoint entries), typed.
+    pub fn endpoint_cache(&mut self) -> Result<EndpointCache<&mut MapData>> {
+        EndpointCache::try_from(self.map_mut(ep_map::CACHE_MAP)?)
+    }
+
     /// `mbr_ep_ip`, typed.
     pub fn endpoints_by_ip(&mut self) -> Result<EndpointsByIp<&mut MapData>> {
         EndpointsByIp::try_from(self.map_mut(ep_map::BY_IP_MAP)?)
@@ -582,6 +589,11 @@ impl Lxc {
             return Ok(false);
         };
         self.endpoints_by_ifindex()?.remove(ifindex)?;
+        // The programs would empty the slot themselves at the interface's
+        // next packet that is not a tracked connection's; there is none
+        // after a detach, and an interface that reappears under this
+        // ifindex must not start from this endpoint's copy.
+        self.endpoint_cache()?.evict(ifindex)?;
         if endpoint.ipv4 != 0 {
             // Only if that address still belongs to this endpoint.
             let mut by_ip = self.endpoints_by_ip()?;

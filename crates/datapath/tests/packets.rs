@@ -11,7 +11,7 @@ mod common;
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use aya::maps::{HashMap as AyaHashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap as AyaHashMap, MapData, RingBuf};
 use common::require_kernel;
 use membrane_datapath::{
     loader::LoadOptions,
@@ -23,8 +23,8 @@ use membrane_datapath::{
             CT_F_SEEN_REPLY,
         },
         endpoint::{
-            ipv4_to_map, EndpointInfo, EndpointsByIfindex, EndpointsByIp, EP_F_AUDIT,
-            EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
+            ipv4_to_map, EndpointCache, EndpointInfo, EndpointsByIfindex, EndpointsByIp,
+            CACHE_SLOTS, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
         },
         events::{FlowEvent, EV_F_IS_REPLY},
         ipcache::{Ipcache, IpcacheEntry},
@@ -89,6 +89,23 @@ impl Dp {
             .insert(&ep)
             .unwrap();
         ep
+    }
+
+    /// Writes `ep` into `mbr_ep_ifindex` only, as an agent changing an
+    /// endpoint does (the datapath's cache is not touched).
+    fn set_endpoint_entry(&mut self, ep: &EndpointInfo) {
+        EndpointsByIfindex::try_from(self.h.ebpf_mut().map_mut("mbr_ep_ifindex").unwrap())
+            .unwrap()
+            .insert(ep)
+            .unwrap();
+    }
+
+    /// What the datapath's endpoint cache holds for lo (None: empty slot).
+    fn cached_endpoint(&self) -> Option<EndpointInfo> {
+        let cache: Array<&MapData, EndpointInfo> =
+            Array::try_from(self.h.ebpf().map("mbr_ep_cache").unwrap()).unwrap();
+        let slot = cache.get(&LO, 0).unwrap();
+        (slot.ifindex != 0).then_some(slot)
     }
 
     fn ipcache(&mut self, addr: [u8; 4], len: u8, identity: u32) {
@@ -1151,4 +1168,145 @@ fn the_established_path_is_cheap() {
         "{:?}",
         run.duration
     );
+}
+
+#[test]
+fn the_endpoint_cache_holds_what_the_packets_used() {
+    let Some(mut dp) = Dp::load("the_endpoint_cache_holds_what_the_packets_used") else {
+        return;
+    };
+    let ep = dp.endpoint(EP_F_EGRESS_ENFORCED);
+    assert_eq!(dp.cached_endpoint(), None, "nothing cached before a packet");
+    dp.allow(EGRESS, PEER_ID, IPPROTO_TCP, 80, 1);
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(dp.cached_endpoint(), Some(ep));
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_ACK)), PASS);
+    assert_eq!(dp.cached_endpoint(), Some(ep));
+
+    // User space can empty a slot (an endpoint's removal does), not fill one.
+    let mut cache =
+        EndpointCache::try_from(dp.h.ebpf_mut().map_mut("mbr_ep_cache").unwrap()).unwrap();
+    assert_eq!(cache.get(LO).unwrap(), Some(ep));
+    assert_eq!(cache.get(CACHE_SLOTS).unwrap(), None, "beyond the slots");
+    assert_eq!(cache.get(0).unwrap(), None);
+    assert!(cache.evict(LO).unwrap());
+    assert!(!cache.evict(LO).unwrap(), "already empty");
+    assert!(!cache.evict(CACHE_SLOTS + 5).unwrap());
+    assert_eq!(dp.cached_endpoint(), None);
+    // The interface's next packet, finding the slot empty, reads the
+    // authority and fills it again.
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_ACK)), PASS);
+    assert_eq!(dp.cached_endpoint(), Some(ep));
+}
+
+#[test]
+fn new_flows_follow_the_agent_not_the_cache() {
+    let Some(mut dp) = Dp::load("new_flows_follow_the_agent_not_the_cache") else {
+        return;
+    };
+    let enforced = dp.endpoint(EP_F_EGRESS_ENFORCED);
+    dp.allow(EGRESS, PEER_ID, IPPROTO_TCP, 80, 1);
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40001, 81, TCP_SYN)), DROP);
+    assert_eq!(dp.cached_endpoint(), Some(enforced));
+
+    // The agent lifts enforcement: the next new flow sees it although the
+    // cache still held the enforcing entry, and the cache follows.
+    let open = EndpointInfo {
+        flags: 0,
+        ..enforced
+    };
+    dp.set_endpoint_entry(&open);
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40002, 81, TCP_SYN)), PASS);
+    assert_eq!(dp.cached_endpoint(), Some(open));
+    // The connection opened before carries on.
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_ACK)), PASS);
+
+    // And back: enforcement applies to the very next new flow.
+    dp.set_endpoint_entry(&enforced);
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40003, 81, TCP_SYN)), DROP);
+    assert_eq!(dp.cached_endpoint(), Some(enforced));
+    // Non-IPv4 decisions read the agent's flags too.
+    let ipv6 = ethernet(ETH_P_IPV6, &[0x60; 40]);
+    dp.set_endpoint_entry(&open);
+    assert_eq!(dp.egress(&ipv6), PASS);
+    dp.set_endpoint_entry(&enforced);
+    assert_eq!(dp.egress(&ipv6), DROP);
+}
+
+#[test]
+fn a_removed_endpoint_is_not_served_from_the_cache() {
+    let Some(mut dp) = Dp::load("a_removed_endpoint_is_not_served_from_the_cache") else {
+        return;
+    };
+    dp.endpoint(EP_F_EGRESS_ENFORCED);
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 81, TCP_SYN)), DROP);
+    assert!(dp.cached_endpoint().is_some());
+    EndpointsByIfindex::try_from(dp.h.ebpf_mut().map_mut("mbr_ep_ifindex").unwrap())
+        .unwrap()
+        .remove(LO)
+        .unwrap();
+    // No entry: passed on as no endpoint's, counted under direction unknown.
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40001, 81, TCP_SYN)), PASS);
+    assert_eq!(dp.metric(0, 0).0, 1, "reason 0, direction unknown");
+    assert_eq!(dp.cached_endpoint(), None, "the slot was emptied");
+}
+
+#[test]
+fn an_address_change_is_confirmed_before_a_spoofing_drop() {
+    let Some(mut dp) = Dp::load("an_address_change_is_confirmed_before_a_spoofing_drop") else {
+        return;
+    };
+    let old = dp.endpoint(0);
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(dp.cached_endpoint(), Some(old));
+    let new_addr = [10, 251, 0, 11];
+    let moved = EndpointInfo {
+        ipv4: ipv4_to_map(Ipv4Addr::from(new_addr)),
+        ..old
+    };
+    dp.set_endpoint_entry(&moved);
+    // The cache still says POD: the new address is confirmed, not dropped.
+    assert_eq!(
+        dp.egress(&tcp_frame(new_addr, PEER, 40001, 80, TCP_SYN)),
+        PASS
+    );
+    assert_eq!(dp.cached_endpoint(), Some(moved));
+    // The old address is now someone else's.
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40002, 80, TCP_SYN)), DROP);
+    assert_eq!(
+        dp.events().last().unwrap().drop_reason,
+        abi::DROP_INVALID_SOURCE_IP
+    );
+}
+
+#[test]
+fn an_endpoint_id_change_is_looked_up_again() {
+    let Some(mut dp) = Dp::load("an_endpoint_id_change_is_looked_up_again") else {
+        return;
+    };
+    let ep = dp.endpoint(EP_F_EGRESS_ENFORCED);
+    dp.allow(EGRESS, PEER_ID, IPPROTO_TCP, 80, 1);
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(dp.cached_endpoint(), Some(ep));
+    // The agent renumbers the endpoint; a connection of the new id exists
+    // (no policy of the new id allows anything, so only conntrack can pass
+    // its packets). The cache still holds the old id: its lookup misses,
+    // and the lookup with the confirmed id finds the connection.
+    let renumbered = EndpointInfo {
+        ep_id: EP_ID + 1,
+        ..ep
+    };
+    dp.set_endpoint_entry(&renumbered);
+    let key = ct_key(POD, PEER, 40001, 80, IPPROTO_TCP, EGRESS);
+    let mut entry = dp
+        .ct(&ct_key(POD, PEER, 40000, 80, IPPROTO_TCP, EGRESS))
+        .unwrap();
+    entry.ep_id = EP_ID + 1;
+    dp.set_ct(&key, &entry);
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40001, 80, TCP_ACK)), PASS);
+    assert_eq!(dp.ct(&key).unwrap().fwd_packets, entry.fwd_packets + 1);
+    assert_eq!(dp.cached_endpoint(), Some(renumbered));
+    // The old id's connection no longer vouches for the endpoint's packets.
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_ACK)), DROP);
 }

@@ -906,6 +906,10 @@ fn an_upgrade_moves_attachments_to_new_programs_without_a_gap() {
         progs.join(format!("{}0000000000000000", lxc::BUILD_MARKER_PREFIX)),
     )
     .expect("rename the build marker");
+    // ... one that had no endpoint cache (added since): the upgrade creates
+    // and pins it, and the new programs fill it from mbr_ep_ifindex.
+    let cache_pin = lab.pins().map("mbr_ep_cache");
+    std::fs::remove_file(&cache_pin).expect("unpin mbr_ep_cache");
     let old_ids: Vec<u32> = attach::query_tcx(&lab.pods[0].host_iface)
         .expect("query")
         .into_iter()
@@ -946,6 +950,7 @@ fn an_upgrade_moves_attachments_to_new_programs_without_a_gap() {
 
     let result = lab.next_result(stream, Duration::from_secs(10));
     assert!(result.contains("failed 0"), "{result}");
+    assert!(cache_pin.exists(), "the upgrade pinned the new map");
     // A third start adopts the upgraded programs.
     drop(second);
     assert_eq!(Loader::start(&lab, &args).value("outcome"), "adopted");

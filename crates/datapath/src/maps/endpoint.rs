@@ -6,7 +6,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use aya::maps::{HashMap, MapData, MapType};
+use aya::maps::{Array, HashMap, MapData, MapType};
 
 use super::{
     abi::TrafficDirection,
@@ -24,6 +24,15 @@ pub const BY_IFINDEX_MAP: &str = "mbr_ep_ifindex";
 pub const BY_IP_MAP: &str = "mbr_ep_ip";
 /// Both are `BPF_MAP_TYPE_HASH`.
 pub const MAP_TYPE: MapType = MapType::Hash;
+/// The datapath's own copy of the `mbr_ep_ifindex` entries it used, an
+/// array indexed by ifindex (for ifindexes below [`CACHE_SLOTS`]); a slot
+/// whose `ifindex` is 0 is empty. Written by the programs only (user space
+/// may clear a slot, never fill one): `ebpf/lib/endpoint.h`.
+pub const CACHE_MAP: &str = "mbr_ep_cache";
+/// `mbr_ep_cache` is a `BPF_MAP_TYPE_ARRAY`.
+pub const CACHE_MAP_TYPE: MapType = MapType::Array;
+/// Slots of `mbr_ep_cache` (C `MBR_EP_CACHE_SLOTS`).
+pub const CACHE_SLOTS: u32 = 16_384;
 
 /// `endpoint_info.flags`: ingress policy applies (otherwise everything is allowed in).
 pub const EP_F_INGRESS_ENFORCED: u16 = 0x1;
@@ -54,11 +63,12 @@ c_struct! {
     }
 }
 
-/// Bindings of both endpoint maps, for the layout check.
-pub fn bindings() -> [MapBinding; 2] {
+/// Bindings of the endpoint maps and the datapath's cache, for the layout check.
+pub fn bindings() -> [MapBinding; 3] {
     [
         MapBinding::new::<u32, EndpointInfo>(BY_IFINDEX_MAP, MAP_TYPE),
         MapBinding::new::<u32, EndpointInfo>(BY_IP_MAP, MAP_TYPE),
+        MapBinding::new::<u32, EndpointInfo>(CACHE_MAP, CACHE_MAP_TYPE),
     ]
 }
 
@@ -166,6 +176,44 @@ impl<T: BorrowMut<MapData>> EndpointsByIfindex<T> {
     /// Removes the endpoint of `ifindex`; false if there was none.
     pub fn remove(&mut self, ifindex: u32) -> Result<bool> {
         removed(self.map.remove(&ifindex), BY_IFINDEX_MAP)
+    }
+}
+
+/// Typed `mbr_ep_cache`: the datapath's copy of the endpoints it used,
+/// by ifindex. User space reads it and empties slots, never fills them.
+pub struct EndpointCache<T> {
+    map: Array<T, EndpointInfo>,
+}
+
+typed_wrapper!(EndpointCache, Array<EndpointInfo>, CACHE_MAP, bindings()[2]);
+
+impl<T: Borrow<MapData>> EndpointCache<T> {
+    /// The cached endpoint of `ifindex`: None when its slot is empty, holds
+    /// another interface's endpoint, or `ifindex` has no slot.
+    pub fn get(&self, ifindex: u32) -> Result<Option<EndpointInfo>> {
+        if ifindex == 0 || ifindex >= self.map.len() {
+            return Ok(None);
+        }
+        let slot = self
+            .map
+            .get(&ifindex, 0)
+            .map_err(|e| map_error("look up", CACHE_MAP, &e))?;
+        Ok((slot.ifindex == ifindex).then_some(slot))
+    }
+}
+
+impl<T: BorrowMut<MapData>> EndpointCache<T> {
+    /// Empties the slot of `ifindex` if it holds that interface's endpoint;
+    /// whether it did. The programs refill it from `mbr_ep_ifindex` when the
+    /// interface next has a packet that is not a tracked connection's.
+    pub fn evict(&mut self, ifindex: u32) -> Result<bool> {
+        if self.get(ifindex)?.is_none() {
+            return Ok(false);
+        }
+        self.map
+            .set(ifindex, EndpointInfo::default(), 0)
+            .map_err(|e| map_error("update", CACHE_MAP, &e))?;
+        Ok(true)
     }
 }
 
