@@ -243,6 +243,21 @@ serial('a pod deleted with grace period 0 is torn down too', async (t) => {
   t.is(apiCode(await core.readNamespacedPod({ namespace: NS, name: 'forced' }).catch((e: unknown) => e)), 404);
 });
 
+serial('a hostNetwork pod runs with the node address and gets no netns and no CNI call', async (t) => {
+  const before = (await labAllocations(lab.dir)).length;
+  await core.createNamespacedPod({ namespace: NS, body: { ...podBody('host', { app: 'host' }), spec: { ...podBody('host', {}).spec!, hostNetwork: true } } });
+  const pod = await until(async () => {
+    const p = (await listPods()).find((x) => x.metadata?.name === 'host');
+    return p && running(p) ? p : undefined;
+  }, 'the hostNetwork pod Running');
+  t.is(pod.status?.podIP, '127.0.0.1');
+  t.false(simNetnsNames().includes(netnsOfPod(pod.metadata!.uid!)));
+  t.deepEqual(hostLinksOfPod(pod.metadata!.uid!), []);
+  t.is((await labAllocations(lab.dir)).length, before, 'no address allocated');
+  await core.deleteNamespacedPod({ namespace: NS, name: 'host' });
+  await until(async () => !(await listPods()).some((x) => x.metadata?.name === 'host'), 'the hostNetwork pod removed');
+});
+
 serial('lab down tears down running pods and leaves no netns, link, pin or process behind', async (t) => {
   t.timeout(5 * MINUTE);
   await Promise.all(['d0', 'd1', 'd2'].map((n) => core.createNamespacedPod({ namespace: NS, body: podBody(n, { app: 'down' }) })));

@@ -9,6 +9,8 @@
  *   pod being deleted      -> stop the server, CNI DEL, delete the netns, then
  *                             remove the object (delete with grace 0, as kubelet does)
  *   pod gone (forced)      -> the same teardown
+ *   hostNetwork pod        -> no netns, no CNI, no server (it would listen on the host):
+ *                             Running with the node's address, as kubelet reports it
  *
  * Operations on one pod run one at a time, in order; different pods run in
  * parallel up to a limit. Every pod the simulator realizes is recorded in a file
@@ -288,6 +290,11 @@ export class NodeSimulator {
         if (pod.metadata?.deletionTimestamp) await this.removeObject(pod, ref);
         return;
       case 'realize':
+        if (pod.spec?.hostNetwork) {
+          // Like kubelet: no sandbox network, no CNI; the pod has the node's address.
+          if (pod.status?.podIP !== this.o.hostIP || pod.status?.phase !== 'Running') await this.writeStatus(pod, runningStatus(pod, this.o.hostIP, this.o.hostIP, new Date()), ref);
+          return;
+        }
         if (!rec) await this.realize(pod, ref);
         else if (pod.status?.podIP !== rec.podIP || pod.status?.phase !== 'Running') await this.writeStatus(pod, runningStatus(pod, rec.podIP!, this.o.hostIP, new Date()), ref);
         return;
