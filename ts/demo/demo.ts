@@ -20,6 +20,7 @@ import { CoreV1Api, VersionApi, CustomObjectsApi } from '@kubernetes/client-node
 import type { MembraneConfig } from '../config/config.js';
 import type { Logger } from '../log/logger.js';
 import { labUp } from '../lab/lab.js';
+import { appChapter } from './app.js';
 import { labKubeConfig } from '../lab/kube.js';
 import { createTwoPods, ping } from '../lab/netns.js';
 import { attachPacketCounter, detachPacketCounter, findCounter, readPacketCounters } from '../datapath/addon.js';
@@ -76,8 +77,16 @@ export async function runDemo({ config, log, say }: DemoOptions): Promise<void> 
   await policyChapter(config, log, say);
 
   say('');
-  say('Coming next: the agent (Kubernetes -> identities, ipcache, policy maps), the CNI plugin and');
-  say('pods from the apiserver. The lab stays up: `membrane lab down` stops it.');
+  say('== 4. The agent: pods from the apiserver, identities, the README policies, enforced ==');
+  if (config.lab.node === 'none') {
+    say('skipped: lab.node is none (the lab runs no agent or node simulator); unset it to see this part');
+  } else {
+    await appChapter(config, kc, say);
+  }
+
+  say('');
+  say('Coming next: service load balancing (kube-proxy replacement) and flow observability (membrane observe).');
+  say('The lab stays up: `membrane lab down` stops it.');
 }
 
 const ICMP = 1;
