@@ -62,5 +62,5 @@ export function desiredIpcache(inputs: IpcacheInputs): IpcacheEntry[] {
     // The host's own address keeps `host` even when the apiserver listens there.
     put({ prefix: `${ip}/32`, identity: ReservedId.kubeApiserver, source: 'kube-apiserver' }, RANK['kube-apiserver']);
   }
-  return [...out.values()].sort((a, b) => a.prefix.localeCompare(b.prefix));
+  return [...out.values()].sort((a, b) => (a.prefix < b.prefix ? -1 : a.prefix > b.prefix ? 1 : 0));
 }
