@@ -66,21 +66,12 @@ export interface IpamAllocation {
   allocatedAt: string;
 }
 
-export interface EndpointCreateRequest {
-  containerId: string;
-  /** Path of the pod's network namespace (CNI_NETNS). */
-  netns: string;
-  ifname: string;
-  /** Host-side veth: name and ifindex in the host namespace. */
-  hostIface: string;
-  ifindex: number;
-  /** The address allocated by POST /v1/ipam/allocations for this containerId + ifname. */
-  ipv4: string;
-  /** Pod-side MAC and host-side MAC, lower case aa:bb:cc:dd:ee:ff. */
-  mac: string;
-  nodeMac: string;
-  pod: PodRef;
-}
+/**
+ * What the CNI plugin knows after wiring the pod (the fields as in Endpoint:
+ * netns = CNI_NETNS, host-side veth name and ifindex, the allocated address, both
+ * MACs); the agent adds the id, identity and state.
+ */
+export type EndpointCreateRequest = Pick<Endpoint, 'containerId' | 'netns' | 'ifname' | 'hostIface' | 'ifindex' | 'ipv4' | 'mac' | 'nodeMac'> & { pod: PodRef };
 
 export interface EndpointDeleteResult {
   /** Whether an endpoint was known (and is now detached and forgotten). */
