@@ -25,7 +25,7 @@ import { CoreV1Api } from '@kubernetes/client-node';
 import { callAgent } from '../api/client.js';
 import type { BenchContext } from '../bench/groups.js';
 import { result, type BenchResult } from '../bench/results.js';
-import { configKeys, resolveConfig, type MembraneConfig } from '../config/config.js';
+import { resolveConfig, type MembraneConfig } from '../config/config.js';
 import { labKubeConfig } from '../lab/kube.js';
 import { labDown, labUp } from '../lab/lab.js';
 import { labLayout } from '../lab/layout.js';
@@ -63,7 +63,7 @@ function benchConfig(dir: string): MembraneConfig {
           serviceCIDR: '10.240.0.0/16',
           // Control plane only: this benchmark runs its own agent and calls the plugin itself
           // (a lab node simulator would realize the same pods through CNI at the same time).
-          ...(configKeys().includes('lab.node') ? { node: 'none' } : {}),
+          node: 'none',
         },
       },
     },
