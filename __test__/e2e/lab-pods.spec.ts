@@ -94,7 +94,9 @@ serial('lab up starts the membrane agent and the node simulator', async (t) => {
     ],
   );
   // The lab's agent keeps its pins in a bpffs directory of its own.
-  t.true(existsSync(nodeLayout(labLayout(lab.dir)).pinDir));
+  const n = nodeLayout(labLayout(lab.dir));
+  t.true(existsSync(n.pinDir));
+  for (const p of s.nodeProcesses) t.is(readFileSync(n.pidFile(p.name), 'utf8').trim(), String(p.pid), `${p.name} pid file`);
 });
 
 let pods: V1Pod[] = [];

@@ -51,6 +51,8 @@ export interface NodeLayout {
   cniLog: string;
   serverLog: string;
   log: (p: NodeProcessName) => string;
+  /** <lab.dir>/run/<name>.pid, like the control plane's (removed with run/ by lab down). */
+  pidFile: (p: NodeProcessName) => string;
 }
 
 export function nodeLayout(l: LabLayout): NodeLayout {
@@ -65,6 +67,7 @@ export function nodeLayout(l: LabLayout): NodeLayout {
     cniLog: join(l.logs, 'cni.log'),
     serverLog: join(l.logs, 'pod-servers.log'),
     log: (p) => join(l.logs, `${p}.log`),
+    pidFile: (p) => join(l.run, `${p}.pid`),
   };
 }
 
@@ -145,6 +148,7 @@ export async function startNode(o: StartNodeOptions): Promise<void> {
     const argv = [...rest, ...args];
     const rec: NodeProcessRecord = { ...spawnDetached(node!, argv, n.log(name), o.l.dir), name, log: n.log(name), args: argv, startedAt: new Date().toISOString() };
     o.record(rec);
+    writeFileSync(n.pidFile(name), `${rec.pid}\n`);
     o.log.info({ labComponent: name, pid: rec.pid, log: rec.log }, `started ${name}`);
     return rec;
   };
