@@ -167,9 +167,12 @@ export class EndpointManager {
       createdAt: (this.deps.now?.() ?? new Date()).toISOString(),
     };
     this.remember(ep);
+    const t0 = performance.now();
+    let syncMs = 0;
     try {
       this.deps.store.save(ep);
       await this.deps.sync();
+      syncMs = performance.now() - t0;
       const spec = this.deps.specOf(id);
       if (!spec) throw new Error(`the desired state has no entry for endpoint ${id}`);
       await attachEndpoint({ ...this.deps.datapath, iface: ep.hostIface, endpoint: spec });
@@ -179,7 +182,8 @@ export class EndpointManager {
     }
     if (ep.state === 'regenerating') ep.state = 'ready';
     this.deps.store.save(ep);
-    log.info({ endpoint: id, pod, containerId: ep.containerId, ipv4: ep.ipv4, hostIface: ep.hostIface, identity: ep.identity, state: ep.state }, 'endpoint created');
+    const attachMs = performance.now() - t0 - syncMs;
+    log.info({ endpoint: id, pod, containerId: ep.containerId, ipv4: ep.ipv4, hostIface: ep.hostIface, identity: ep.identity, state: ep.state, syncMs: Math.round(syncMs), attachMs: Math.round(attachMs) }, 'endpoint created');
     return ep;
   }
 
