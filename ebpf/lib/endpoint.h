@@ -7,9 +7,12 @@
  * mbr_ep_ifindex is the authority. It is a hash map, and a hash lookup is a
  * function call (two, with the key compare) that the established path
  * cannot afford on CPUs with return-stack mitigations. So the datapath keeps
- * its own copy of the entries it has used in mbr_ep_cache, an array indexed
- * by ifindex (whose lookup the verifier inlines), for interfaces whose
- * ifindex fits. The cache is written only here, from the authoritative
+ * its own copy of the entries it has used in mbr_ep_cache, a direct-mapped
+ * array (whose lookup the verifier inlines): interface `ifindex` has slot
+ * ifindex % MBR_EP_CACHE_SLOTS, and a slot is valid for the interface whose
+ * ifindex it holds. Interfaces whose slots collide take turns (each miss
+ * reads the authority and takes the slot over); as ifindexes are allocated
+ * in sequence, live endpoints rarely collide. The cache is written only here, from the authoritative
  * entry, and serves only the established path (ownership of CT entries, the
  * source check, event identities); every decision that depends on policy
  * flags, and every packet the cache cannot pass on its own, reads the
@@ -26,10 +29,12 @@
 #ifndef MBR_ENDPOINTS_MAX
 #define MBR_ENDPOINTS_MAX 65536
 #endif
-/* Slots of mbr_ep_cache: interfaces with a smaller ifindex are cached. */
+/* Slots of mbr_ep_cache; a power of two. */
 #ifndef MBR_EP_CACHE_SLOTS
 #define MBR_EP_CACHE_SLOTS 16384
 #endif
+_Static_assert((MBR_EP_CACHE_SLOTS & (MBR_EP_CACHE_SLOTS - 1)) == 0,
+	       "MBR_EP_CACHE_SLOTS must be a power of two");
 
 /* endpoint_info.flags */
 #define MBR_EP_F_INGRESS_ENFORCED 0x1 /* ingress policy applies (else allow) */
@@ -56,7 +61,8 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mbr_ep_ifindex SEC(".maps");
 
-/* ifindex -> copy of its mbr_ep_ifindex entry (ifindex 0: empty slot) */
+/* ifindex % MBR_EP_CACHE_SLOTS -> copy of the mbr_ep_ifindex entry of one
+ * interface with that slot (its ifindex inside; 0: empty slot) */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -73,23 +79,31 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mbr_ep_ip SEC(".maps");
 
+static __always_inline struct endpoint_info *endpoint_cache_slot(__u32 ifindex)
+{
+	__u32 index = ifindex & (MBR_EP_CACHE_SLOTS - 1);
+
+	return bpf_map_lookup_elem(&mbr_ep_cache, &index);
+}
+
 /* The cached endpoint of `ifindex`, or NULL when its slot holds none (or
- * another interface's, or ifindex is beyond the cache). No function call. */
+ * another interface's). No function call. */
 static __always_inline const struct endpoint_info *endpoint_cached(__u32 ifindex)
 {
-	const struct endpoint_info *slot = bpf_map_lookup_elem(&mbr_ep_cache, &ifindex);
+	const struct endpoint_info *slot = endpoint_cache_slot(ifindex);
 
 	if (slot && ifindex != 0 && slot->ifindex == ifindex)
 		return slot;
 	return NULL;
 }
 
-/* Makes the cache slot of `ifindex` (if it has one) hold `ep`, or nothing
- * when `ep` is NULL. Writes only on a difference, which is rare: an entry
- * the agent changed, or the first packet of an interface. */
+/* Makes the cache slot of `ifindex` hold `ep`, or, when `ep` is NULL, no
+ * longer hold that interface's entry. Writes only on a difference, which is
+ * rare: an entry the agent changed, the first packet of an interface, or
+ * interfaces whose slots collide taking turns. */
 static __always_inline void endpoint_cache_refresh(__u32 ifindex, const struct endpoint_info *ep)
 {
-	struct endpoint_info *slot = bpf_map_lookup_elem(&mbr_ep_cache, &ifindex);
+	struct endpoint_info *slot = endpoint_cache_slot(ifindex);
 	const __u64 *want, *have;
 
 	if (!slot)

@@ -23,8 +23,8 @@ use membrane_datapath::{
             CT_F_SEEN_REPLY,
         },
         endpoint::{
-            ipv4_to_map, EndpointCache, EndpointInfo, EndpointsByIfindex, EndpointsByIp,
-            CACHE_SLOTS, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
+            cache_slot, ipv4_to_map, EndpointCache, EndpointInfo, EndpointsByIfindex,
+            EndpointsByIp, CACHE_SLOTS, EP_F_AUDIT, EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED,
         },
         events::{FlowEvent, EV_F_IS_REPLY},
         ipcache::{Ipcache, IpcacheEntry},
@@ -100,12 +100,24 @@ impl Dp {
             .unwrap();
     }
 
-    /// What the datapath's endpoint cache holds for lo (None: empty slot).
+    /// What the datapath's endpoint cache holds for lo.
     fn cached_endpoint(&self) -> Option<EndpointInfo> {
+        self.cached_endpoint_of(LO)
+    }
+
+    /// What the datapath's endpoint cache holds for interface `ifindex`.
+    fn cached_endpoint_of(&self, ifindex: u32) -> Option<EndpointInfo> {
+        EndpointCache::try_from(self.h.ebpf().map("mbr_ep_cache").unwrap())
+            .unwrap()
+            .get(ifindex)
+            .unwrap()
+    }
+
+    /// The raw slot `index` of the endpoint cache.
+    fn cache_slot_content(&self, index: u32) -> EndpointInfo {
         let cache: Array<&MapData, EndpointInfo> =
             Array::try_from(self.h.ebpf().map("mbr_ep_cache").unwrap()).unwrap();
-        let slot = cache.get(&LO, 0).unwrap();
-        (slot.ifindex != 0).then_some(slot)
+        cache.get(&index, 0).unwrap()
     }
 
     fn ipcache(&mut self, addr: [u8; 4], len: u8, identity: u32) {
@@ -1187,12 +1199,24 @@ fn the_endpoint_cache_holds_what_the_packets_used() {
     let mut cache =
         EndpointCache::try_from(dp.h.ebpf_mut().map_mut("mbr_ep_cache").unwrap()).unwrap();
     assert_eq!(cache.get(LO).unwrap(), Some(ep));
-    assert_eq!(cache.get(CACHE_SLOTS).unwrap(), None, "beyond the slots");
+    assert_eq!(
+        cache.get(CACHE_SLOTS + LO).unwrap(),
+        None,
+        "the same slot, another interface"
+    );
     assert_eq!(cache.get(0).unwrap(), None);
+    assert!(
+        !cache.evict(CACHE_SLOTS + LO).unwrap(),
+        "not the slot holder"
+    );
+    assert_eq!(cache.get(LO).unwrap(), Some(ep));
     assert!(cache.evict(LO).unwrap());
     assert!(!cache.evict(LO).unwrap(), "already empty");
-    assert!(!cache.evict(CACHE_SLOTS + 5).unwrap());
     assert_eq!(dp.cached_endpoint(), None);
+    assert_eq!(
+        dp.cache_slot_content(cache_slot(LO)),
+        EndpointInfo::default()
+    );
     // The interface's next packet, finding the slot empty, reads the
     // authority and fills it again.
     assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_ACK)), PASS);
@@ -1309,4 +1333,125 @@ fn an_endpoint_id_change_is_looked_up_again() {
     assert_eq!(dp.cached_endpoint(), Some(renumbered));
     // The old id's connection no longer vouches for the endpoint's packets.
     assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_ACK)), DROP);
+}
+
+/// A veth pair whose first end has a chosen ifindex, in the root network
+/// namespace (a test run needs the interface it claims to run on; the
+/// kernel of these machines has no dummy devices), deleted on drop.
+struct IndexedLink {
+    name: String,
+}
+
+impl IndexedLink {
+    fn create(name: &str, ifindex: u32) -> Self {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", name])
+            .output();
+        let out = std::process::Command::new("ip")
+            .args([
+                "link",
+                "add",
+                name,
+                "index",
+                &ifindex.to_string(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{name}p"),
+            ])
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip link add {name} index {ifindex}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for IndexedLink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn interfaces_sharing_a_cache_slot_take_turns() {
+    let Some(mut dp) = Dp::load("interfaces_sharing_a_cache_slot_take_turns") else {
+        return;
+    };
+    // An interface whose ifindex has lo's slot.
+    let other_ifindex = CACHE_SLOTS + LO;
+    let _link = IndexedLink::create("mbrcache0", other_ifindex);
+    let other_addr = [10, 251, 0, 30];
+    let other_ep_id = EP_ID + 2;
+    let a = dp.endpoint(EP_F_EGRESS_ENFORCED);
+    let b = EndpointInfo::new(
+        other_ifindex,
+        POD_ID + 1,
+        Ipv4Addr::from(other_addr),
+        other_ep_id,
+        EP_F_EGRESS_ENFORCED,
+    );
+    dp.set_endpoint_entry(&b);
+    // A may reach the peer on 80 and 81, B only on 80.
+    dp.allow(EGRESS, PEER_ID, IPPROTO_TCP, 80, 1);
+    dp.allow(EGRESS, PEER_ID, IPPROTO_TCP, 81, 2);
+    dp.policy()
+        .insert(
+            &PolicyKey::exact(other_ep_id, EGRESS, PEER_ID, IPPROTO_TCP, 80),
+            &PolicyEntry::allow(3),
+        )
+        .unwrap();
+    let on_b = |dp: &mut Dp, frame: &[u8]| {
+        dp.h.run_tc_on("mbr_from_cont", frame, other_ifindex, 1)
+            .expect("test run")
+            .verdict
+    };
+
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(dp.cached_endpoint(), Some(a));
+    // B's packet finds A in the slot: B's own entry decides (its address,
+    // its policy), and B takes the slot over.
+    assert_eq!(
+        on_b(&mut dp, &tcp_frame(other_addr, PEER, 40000, 80, TCP_SYN)),
+        PASS
+    );
+    assert_eq!(dp.cached_endpoint_of(other_ifindex), Some(b));
+    assert_eq!(dp.cached_endpoint(), None);
+    assert_eq!(dp.cache_slot_content(cache_slot(LO)), b);
+    assert_eq!(
+        on_b(&mut dp, &tcp_frame(other_addr, PEER, 40001, 81, TCP_SYN)),
+        DROP
+    );
+    // A's packets are judged as A's, whoever holds the slot.
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40001, 81, TCP_SYN)), PASS);
+    assert_eq!(dp.cached_endpoint(), Some(a));
+    assert_eq!(
+        on_b(&mut dp, &tcp_frame(POD, PEER, 40002, 80, TCP_SYN)),
+        DROP,
+        "A's address from B"
+    );
+    // Both connections carry on, each under its own endpoint.
+    for _ in 0..3 {
+        assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_ACK)), PASS);
+        assert_eq!(
+            on_b(&mut dp, &tcp_frame(other_addr, PEER, 40000, 80, TCP_ACK)),
+            PASS
+        );
+    }
+    let a_conn = dp
+        .ct(&ct_key(POD, PEER, 40000, 80, IPPROTO_TCP, EGRESS))
+        .unwrap();
+    let b_conn = dp
+        .ct(&ct_key(other_addr, PEER, 40000, 80, IPPROTO_TCP, EGRESS))
+        .unwrap();
+    assert_eq!((a_conn.ep_id, a_conn.fwd_packets), (EP_ID, 4));
+    assert_eq!((b_conn.ep_id, b_conn.fwd_packets), (other_ep_id, 4));
 }

@@ -24,14 +24,19 @@ pub const BY_IFINDEX_MAP: &str = "mbr_ep_ifindex";
 pub const BY_IP_MAP: &str = "mbr_ep_ip";
 /// Both are `BPF_MAP_TYPE_HASH`.
 pub const MAP_TYPE: MapType = MapType::Hash;
-/// The datapath's own copy of the `mbr_ep_ifindex` entries it used, an
-/// array indexed by ifindex (for ifindexes below [`CACHE_SLOTS`]); a slot
-/// whose `ifindex` is 0 is empty. Written by the programs only (user space
-/// may clear a slot, never fill one): `ebpf/lib/endpoint.h`.
+/// The datapath's own copy of the `mbr_ep_ifindex` entries it used, a
+/// direct-mapped array: interface `ifindex` has slot `ifindex %`
+/// [`CACHE_SLOTS`], valid when it holds that ifindex (0: empty). Written by
+/// the programs only (user space may empty a slot, never fill one):
+/// `ebpf/lib/endpoint.h`.
 pub const CACHE_MAP: &str = "mbr_ep_cache";
+/// The `mbr_ep_cache` slot of interface `ifindex`.
+pub const fn cache_slot(ifindex: u32) -> u32 {
+    ifindex % CACHE_SLOTS
+}
 /// `mbr_ep_cache` is a `BPF_MAP_TYPE_ARRAY`.
 pub const CACHE_MAP_TYPE: MapType = MapType::Array;
-/// Slots of `mbr_ep_cache` (C `MBR_EP_CACHE_SLOTS`).
+/// Slots of `mbr_ep_cache` (C `MBR_EP_CACHE_SLOTS`, a power of two).
 pub const CACHE_SLOTS: u32 = 16_384;
 
 /// `endpoint_info.flags`: ingress policy applies (otherwise everything is allowed in).
@@ -188,15 +193,15 @@ pub struct EndpointCache<T> {
 typed_wrapper!(EndpointCache, Array<EndpointInfo>, CACHE_MAP, bindings()[2]);
 
 impl<T: Borrow<MapData>> EndpointCache<T> {
-    /// The cached endpoint of `ifindex`: None when its slot is empty, holds
-    /// another interface's endpoint, or `ifindex` has no slot.
+    /// The cached endpoint of `ifindex`: None when its slot is empty or
+    /// holds another interface's endpoint.
     pub fn get(&self, ifindex: u32) -> Result<Option<EndpointInfo>> {
-        if ifindex == 0 || ifindex >= self.map.len() {
+        if ifindex == 0 {
             return Ok(None);
         }
         let slot = self
             .map
-            .get(&ifindex, 0)
+            .get(&cache_slot(ifindex), 0)
             .map_err(|e| map_error("look up", CACHE_MAP, &e))?;
         Ok((slot.ifindex == ifindex).then_some(slot))
     }
@@ -211,7 +216,7 @@ impl<T: BorrowMut<MapData>> EndpointCache<T> {
             return Ok(false);
         }
         self.map
-            .set(ifindex, EndpointInfo::default(), 0)
+            .set(cache_slot(ifindex), EndpointInfo::default(), 0)
             .map_err(|e| map_error("update", CACHE_MAP, &e))?;
         Ok(true)
     }
