@@ -11,7 +11,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import test from 'ava';
-import { CoreV1Api, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
+import { CoreV1Api, CustomObjectsApi, type KubeConfig, type V1Pod } from '@kubernetes/client-node';
 import type { LabState, LabStatus } from '../../ts/lab/lab.js';
 import { labLayout } from '../../ts/lab/layout.js';
 import { nodeLayout } from '../../ts/lab/node.js';
@@ -185,6 +185,42 @@ serial('lab probe reports connected (HTTP with method, path and headers), refuse
   const human = await probe([from, free, '--port', '80', '--timeout', '500']);
   t.is(human.code, 1);
   t.regex(human.stdout, /^timed out: /);
+});
+
+serial('lab probe: a pod a CiliumNetworkPolicy does not allow times out, an allowed one connects', async (t) => {
+  t.timeout(5 * MINUTE);
+  const [client, server, other] = [pods[2]!, pods[3]!, pods[4]!];
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  await custom.createNamespacedCustomObject({
+    group: 'cilium.io',
+    version: 'v2',
+    namespace: NS,
+    plural: 'ciliumnetworkpolicies',
+    body: {
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name: 'only-client' },
+      spec: {
+        endpointSelector: { matchLabels: { index: server.metadata!.labels!['index']! } },
+        ingress: [{ fromEndpoints: [{ matchLabels: { index: client.metadata!.labels!['index']! } }], toPorts: [{ ports: [{ port: String(TCP_PORT), protocol: 'TCP' }] }] }],
+      },
+    },
+  });
+  const to = `${NS}/${server.metadata!.name}`;
+  const run = async (from: V1Pod) => JSON.parse((await membrane(['-o', 'json', 'lab', 'probe', `${NS}/${from.metadata!.name}`, to, '--port', String(TCP_PORT), '--timeout', '1000'], env)).stdout) as ProbeResult;
+  // The agent applies the policy asynchronously: wait until the other pod is cut off.
+  const denied = await until(async () => {
+    const r = await run(other);
+    return r.outcome === 'timed-out' ? r : undefined;
+  }, 'the policy to drop the other pod', 60_000, 200);
+  t.is(denied.outcome, 'timed-out');
+  t.like(await run(client), { outcome: 'connected', echoed: true });
+  // UDP is not allowed by the policy either.
+  const udp = await probeFromNetns(netnsOfPod(client.metadata!.uid!), { ip: server.status!.podIP!, port: UDP_PORT, protocol: 'udp', timeoutMs: 1000 });
+  t.is(udp.outcome, 'timed-out');
+  await custom.deleteNamespacedCustomObject({ group: 'cilium.io', version: 'v2', namespace: NS, plural: 'ciliumnetworkpolicies', name: 'only-client' });
+  await until(async () => (await run(other)).outcome === 'connected', 'the other pod allowed again once the policy is gone', 60_000, 200);
+  t.pass();
 });
 
 serial('lab probe: malformed arguments and pods that do not exist get clear errors', async (t) => {
