@@ -1,5 +1,5 @@
 //! ns/packet through BPF_PROG_TEST_RUN: the empty program (floor) and
-//! bpf_lxc's `mbr_from_cont` new-flow, established and denied paths with
+//! bpf_lxc's new-flow, established, reply (`mbr_to_cont`) and denied paths with
 //! 10 / 10k / 500k ipcache entries and 10 / 50k policy entries.
 //!
 //! Criterion's iteration count is the test run's `repeat`, so the time per
