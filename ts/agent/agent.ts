@@ -50,7 +50,7 @@ export interface AgentOptions {
   identityWaitMs?: number;
   /** How long the first sync waits for pod identities to settle (ms, default 10000). */
   settleTimeoutMs?: number;
-  /** Coalescing window of the pipeline (ms, default 10). */
+  /** Coalescing window of the pipeline (ms, default 2). */
   windowMs?: number;
 }
 
@@ -184,7 +184,7 @@ export class Agent {
       maps: datapathMaps(config.pinDir, config.bpffsRoot),
       compute: () => this.computeDesired(),
       log: this.log.child({ part: 'reconcile' }),
-      windowMs: this.opts.windowMs ?? 10,
+      windowMs: this.opts.windowMs ?? 2,
       onDesired: (s) => (this.lastDesired = s),
     });
     await this.pipeline.start();

@@ -25,7 +25,7 @@ export interface PipelineOptions {
   maps: DatapathMaps;
   compute: () => DesiredState;
   log: Logger;
-  /** Coalescing window of triggers, ms (default 10). */
+  /** Coalescing window of triggers, ms (default 2). */
   windowMs?: number;
   /** Called with every computed desired state (for views and problems). */
   onDesired?: (state: DesiredState) => void;
@@ -62,7 +62,7 @@ export class Pipeline {
     await Promise.all(this.reconcilers().map((r) => r.start()));
     this.subscription = this.triggers
       .pipe(
-        auditTime(this.opts.windowMs ?? 10),
+        auditTime(this.opts.windowMs ?? 2),
         concatMap(() => from(this.pass())),
       )
       .subscribe();

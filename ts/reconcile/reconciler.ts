@@ -113,12 +113,9 @@ export class Reconciler<K, V> {
     this.realized = entrySet(dumped, this.opts.keyId);
     this.patchStats({ entries: this.realized.size });
     this.opts.log.info({ map: this.opts.backend.name, entries: this.realized.size }, 'adopted the pinned map');
-    this.subscription = this.changes
-      .pipe(
-        auditTime(this.opts.windowMs),
-        concatMap(() => from(this.pass())),
-      )
-      .subscribe();
+    // Window 0: the caller coalesces (the agent's pipeline sets each map once per pass).
+    const coalesced = this.opts.windowMs > 0 ? this.changes.pipe(auditTime(this.opts.windowMs)) : this.changes.asObservable();
+    this.subscription = coalesced.pipe(concatMap(() => from(this.pass()))).subscribe();
     if (this.desired) this.changes.next();
   }
 
