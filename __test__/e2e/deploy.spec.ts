@@ -482,7 +482,7 @@ serial('the Dockerfile copies what exists and produces every path the DaemonSet 
   const script = (podSpecOf(ds).initContainers.find((c) => c.name === 'install-cni') as unknown as { command: string[] }).command.join(' ');
   t.regex(script, /\/app\/membrane-cni/);
   t.regex(script, /\/app\/deploy\/cni\/10-membrane\.conflist/);
-  t.deepEqual((agentOf(ds) as unknown as { command: string[] }).command, ['node', '/app/dist/cli/main.js', 'agent']);
+  t.deepEqual((agentOf(ds) as unknown as { command: string[] }).command, ['node', '--max-semi-space-size=4', '/app/dist/cli/main.js', 'agent']);
   // The build stage builds the addon, the plugin and the TypeScript with npm run build.
   const build = dockerfile.slice(0, dockerfile.indexOf('AS runtime'));
   t.regex(build, /npm run build/);

@@ -19,6 +19,7 @@ import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
+import { AGENT_NODE_OPTIONS } from '../agent/process.js';
 import { callAgent } from '../api/client.js';
 import type { Healthz } from '../api/types.js';
 import { cniPluginPath } from '../cni/invoke.js';
@@ -145,7 +146,7 @@ export async function startNode(o: StartNodeOptions): Promise<void> {
 
   const start = (name: NodeProcessName, args: string[]): NodeProcessRecord => {
     const [node, ...rest] = cliCommand();
-    const argv = [...rest, ...args];
+    const argv = [...(name === 'membrane-agent' ? [AGENT_NODE_OPTIONS] : []), ...rest, ...args];
     const rec: NodeProcessRecord = { ...spawnDetached(node!, argv, n.log(name), o.l.dir), name, log: n.log(name), args: argv, startedAt: new Date().toISOString() };
     o.record(rec);
     writeFileSync(n.pidFile(name), `${rec.pid}\n`);
