@@ -418,7 +418,7 @@ serial("the CRDs store Cilium users' policies exactly as written (deploy/example
     t.deepEqual(stored.metadata.labels, o.metadata.labels);
   }
   // The README's policy is deploy/examples/allow-frontend-to-api.yaml, verbatim.
-  const readme = readFileSync(join(deployDir(), 'README.md'), 'utf8');
+  const readme = readFileSync(join(deployDir(), '..', 'README.md'), 'utf8');
   t.true(readme.includes(readFileSync(join(deployDir(), 'examples', 'allow-frontend-to-api.yaml'), 'utf8').split('\n').filter((l) => !l.startsWith('#')).join('\n').trim()));
 });
 

@@ -16,13 +16,12 @@
  * Needs root. Runs its own lab (the CNI e2e test's ports and ranges: do not run
  * both at once) and its own agent, and removes every namespace, link and pin.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { CoreV1Api } from '@kubernetes/client-node';
-import { callAgent } from '../api/client.js';
+import { agentSocketOf, startAgentProcess, stopAgentProcess } from '../agent/process.js';
 import type { BenchContext } from '../bench/groups.js';
 import { result, type BenchResult } from '../bench/results.js';
 import { resolveConfig, type MembraneConfig } from '../config/config.js';
@@ -32,7 +31,6 @@ import { labLayout } from '../lab/layout.js';
 import { createLogger, type Logger } from '../log/logger.js';
 import { cniPluginPath, invokeCni, requirePlugin, type CniInvocation } from './invoke.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const SEQUENTIAL = 50;
 const CONCURRENT = 100;
 const NAMESPACE = 'cni-bench';
@@ -75,49 +73,22 @@ interface Agent {
   stop(): Promise<void>;
 }
 
-/** `membrane agent` as its own process, from dist/ (or from source under tsx). */
+/** `membrane agent` as its own process (ts/agent/process.ts). */
 async function startAgent(kubeconfig: string, stateDir: string, pinDir: string, log: Logger): Promise<Agent> {
-  const socket = join(stateDir, 'agent.sock');
-  const logFile = join(stateDir, 'agent.log');
-  const fromSource = import.meta.url.endsWith('.ts');
-  const args = fromSource ? ['--import=tsx', join(repoRoot, 'ts', 'cli', 'main.ts'), 'agent'] : [join(repoRoot, 'dist', 'cli', 'main.js'), 'agent'];
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MEMBRANE_')) env[k] = v;
-  Object.assign(env, { MEMBRANE_KUBECONFIG: kubeconfig, MEMBRANE_NODE_NAME: NODE, MEMBRANE_STATE_DIR: stateDir, MEMBRANE_API_SOCKET: socket, MEMBRANE_PIN_DIR: pinDir, MEMBRANE_LOG_LEVEL: 'info' });
-  const out = openSync(logFile, 'a');
-  const child: ChildProcess = spawn(process.execPath, args, { cwd: repoRoot, env, stdio: ['ignore', out, out] });
-  closeSync(out);
-  let exited: string | undefined;
-  child.once('exit', (code, signal) => (exited = `${code ?? signal}`));
-  const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const gone = new Promise<void>((r) => child.once('exit', () => r()));
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      await gone;
-      clearTimeout(timer);
-    }
-    rmSync(pinDir, { recursive: true, force: true });
+  const settings = { kubeconfig, nodeName: NODE, stateDir, pinDir, logFile: join(stateDir, 'agent.log') };
+  const removePins = () => rmSync(pinDir, { recursive: true, force: true });
+  const { child } = await startAgentProcess(settings, 120_000).catch((err: unknown) => {
+    removePins();
+    throw err;
+  });
+  log.info({ socket: agentSocketOf(settings) }, 'agent ready');
+  return {
+    socket: agentSocketOf(settings),
+    stop: async () => {
+      await stopAgentProcess(child);
+      removePins();
+    },
   };
-  const deadline = Date.now() + 120_000;
-  for (;;) {
-    if (exited !== undefined) {
-      await stop();
-      throw new Error(`the agent exited (${exited}) before it was ready: ${readFileSync(logFile, 'utf8').slice(-2000)}`);
-    }
-    try {
-      if ((await callAgent<{ ok: boolean }>({ socketPath: socket, method: 'GET', path: '/v1/healthz', timeoutMs: 1000 })).ok) break;
-    } catch {
-      // not listening or not ready yet
-    }
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`the agent was not ready within 120 s; see ${logFile}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  log.info({ socket }, 'agent ready');
-  return { socket, stop };
 }
 
 async function timed<T>(work: () => Promise<T>): Promise<{ ms: number; value: T }> {

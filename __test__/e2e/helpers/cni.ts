@@ -3,14 +3,13 @@
  * with our conflist, pod network namespaces ("mbr-cni-" + pid), the host links
  * the plugin owns (found by their alias), and a real `membrane agent` process.
  */
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { callAgent } from '../../../ts/api/client.js';
+import { agentSocketOf, startAgentProcess, stopAgentProcess } from '../../../ts/agent/process.js';
 import { cniPluginPath, readConflist, requirePlugin, type Conflist } from '../../../ts/cni/invoke.js';
 import { REPO } from './lab.js';
-import { until } from './k8s-lab.js';
 
 /** The plugin under test, with a clear error when it is not built. */
 export function pluginBinary(): string {
@@ -139,62 +138,28 @@ export interface AgentProcess {
   cleanup(): Promise<void>;
 }
 
-/** Starts `membrane agent` from source for the lab and waits until /v1/healthz says ok. */
+/** Starts `membrane agent` (ts/agent/process.ts) for the lab and waits until /v1/healthz says ok. */
 export async function startAgent(opts: { kubeconfig: string; nodeName: string; tag: string }): Promise<AgentProcess> {
   const stateDir = mkdtempSync(join(tmpdir(), `mbr-cni-agent-${opts.tag}-`));
   const pinDir = `/sys/fs/bpf/membrane-cni-e2e-${opts.tag}`;
-  const socket = join(stateDir, 'agent.sock');
   const logFile = join(stateDir, 'agent.log');
-  mkdirSync(stateDir, { recursive: true });
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MEMBRANE_')) env[k] = v;
-  Object.assign(env, {
-    MEMBRANE_KUBECONFIG: opts.kubeconfig,
-    MEMBRANE_NODE_NAME: opts.nodeName,
-    MEMBRANE_STATE_DIR: stateDir,
-    MEMBRANE_API_SOCKET: socket,
-    MEMBRANE_PIN_DIR: pinDir,
-    MEMBRANE_BPFFS_ROOT: '/sys/fs/bpf',
-    MEMBRANE_LOG_LEVEL: 'debug',
-  });
-  const out = openSync(logFile, 'a');
-  const child = spawn(process.execPath, ['--import=tsx', join(REPO, 'ts', 'cli', 'main.ts'), 'agent'], { cwd: REPO, env, stdio: ['ignore', out, out] });
-  closeSync(out);
-  let exited: string | undefined;
-  child.once('exit', (code, signal) => (exited = `exited with ${code ?? signal}`));
-  const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const gone = new Promise<void>((r) => child.once('exit', () => r()));
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      await gone;
-      clearTimeout(timer);
-    }
+  const settings = { kubeconfig: opts.kubeconfig, nodeName: opts.nodeName, stateDir, pinDir, logFile, logLevel: 'debug' };
+  const stop = async (child?: ChildProcess): Promise<void> => {
+    if (child) await stopAgentProcess(child);
     rmSync(pinDir, { recursive: true, force: true });
   };
-  const stopAndClean = async (): Promise<void> => {
-    await stop();
-    if (!process.env['MEMBRANE_E2E_KEEP_LOGS']) rmSync(stateDir, { recursive: true, force: true });
-  };
+  let child: ChildProcess;
   try {
-    await until(
-      async () => {
-        if (exited) throw new Error(`the agent ${exited} before it was ready:\n${tail(logFile)}`);
-        try {
-          return (await callAgent<{ ok: boolean }>({ socketPath: socket, method: 'GET', path: '/v1/healthz', timeoutMs: 1000 })).ok;
-        } catch {
-          return false;
-        }
-      },
-      `the agent to be ready (log: ${logFile})`,
-      120_000,
-      100,
-    );
+    child = (await startAgentProcess(settings, 120_000)).child;
   } catch (err) {
     await stop();
-    throw err;
+    throw new Error(`${(err as Error).message}\n${tail(logFile)}`);
   }
-  return { child, socket, stateDir, pinDir, logFile, stop: stop, cleanup: stopAndClean };
+  const stopAndClean = async (): Promise<void> => {
+    await stop(child);
+    if (!process.env['MEMBRANE_E2E_KEEP_LOGS']) rmSync(stateDir, { recursive: true, force: true });
+  };
+  return { child, socket: agentSocketOf(settings), stateDir, pinDir, logFile, stop: () => stop(child), cleanup: stopAndClean };
 }
 
 export function tail(file: string, lines = 30): string {
