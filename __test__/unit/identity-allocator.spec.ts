@@ -522,6 +522,26 @@ test('pod identities: owned pods are allocated, relabels and namespace relabels 
   s.stop();
 });
 
+test('pod identities: a pod first seen unscheduled and then bound to this node is allocated (not only looked up)', async (t) => {
+  const s = setup({ nodeName: 'node-a' });
+  const pods = new Store<V1Pod>();
+  const namespaces = new Store<V1Namespace>();
+  namespaces.set({ metadata: { name: 'shop', labels: { team: 'a' } } });
+  const pi = new PodIdentities(pods, namespaces, s.allocator, { clusterName: 'lab', nodeName: 'node-a', log: s.log });
+  const sub = pi.start();
+  const unscheduled = mkPod('late', { app: 'late' });
+  delete unscheduled.spec!.nodeName;
+  pods.set(unscheduled);
+  await tick();
+  t.like(pi.get('shop/late'), { status: 'pending', owned: false }, 'nobody allocates for an unscheduled pod');
+  pods.set(mkPod('late', { app: 'late' }, 'node-a'));
+  await settle(() => pi.identityOf('shop/late') !== undefined, 'the bound pod resolved');
+  t.like(pi.get('shop/late'), { status: 'resolved', owned: true });
+  t.is(s.allocator.localRefs(pi.identityOf('shop/late')!), 1, 'held by this node');
+  sub.unsubscribe();
+  s.stop();
+});
+
 test('the identity service wires allocator, pod identities and collector, and checks the timings', async (t) => {
   const clock = new Clock();
   const server = new FakeServer(clock);
