@@ -7,6 +7,7 @@
 #   MEMBRANE_CNITOOL_VERSION  another containernetworking/cni release (default below; >= v1.2.0 for STATUS and GC)
 #   MEMBRANE_GO               the go command (default: go on PATH, then /usr/local/go/bin/go)
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/go-tools.sh"
 
 version="${MEMBRANE_CNITOOL_VERSION:-v1.3.0}"
 case "$version" in
@@ -14,8 +15,7 @@ case "$version" in
   *) printf '[build-cnitool] error: MEMBRANE_CNITOOL_VERSION=%s is not a containernetworking/cni v1 release such as v1.3.0\n' "$version" >&2; exit 2 ;;
 esac
 
-cache="${MEMBRANE_LAB_CACHE_DIR:-${MEMBRANE_CACHE_DIR:-$HOME/.cache/membrane}}"
-dir="$cache/lab-bin/cnitool-$version"
+dir="$(lab_bin_dir cnitool "$version")"
 bin="$dir/cnitool"
 stamp="$dir/version"
 
@@ -24,12 +24,7 @@ if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
   exit 0
 fi
 
-go="${MEMBRANE_GO:-}"
-if [ -z "$go" ]; then
-  go="$(command -v go || true)"
-  [ -n "$go" ] || { [ -x /usr/local/go/bin/go ] && go=/usr/local/go/bin/go; }
-fi
-[ -n "$go" ] || { printf '[build-cnitool] error: no go command (looked at MEMBRANE_GO, PATH, /usr/local/go/bin/go); install Go >= 1.24\n' >&2; exit 1; }
+go="$(find_go build-cnitool)"
 
 mkdir -p "$dir"
 tmp="$(mktemp -d "$dir/.build.XXXXXX")"

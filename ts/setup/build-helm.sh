@@ -6,6 +6,7 @@
 #   MEMBRANE_HELM_VERSION  another v3 release (default below)
 #   MEMBRANE_GO            the go command (default: go on PATH, then /usr/local/go/bin/go)
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/go-tools.sh"
 
 version="${MEMBRANE_HELM_VERSION:-v3.21.4}"
 case "$version" in
@@ -13,8 +14,7 @@ case "$version" in
   *) printf '[build-helm] error: MEMBRANE_HELM_VERSION=%s is not a helm v3 release such as v3.21.4\n' "$version" >&2; exit 2 ;;
 esac
 
-cache="${MEMBRANE_LAB_CACHE_DIR:-${MEMBRANE_CACHE_DIR:-$HOME/.cache/membrane}}"
-dir="$cache/lab-bin/helm-$version"
+dir="$(lab_bin_dir helm "$version")"
 bin="$dir/helm"
 
 if [ -x "$bin" ] && "$bin" version --template '{{.Version}}' 2>/dev/null | grep -qx "$version"; then
@@ -22,12 +22,7 @@ if [ -x "$bin" ] && "$bin" version --template '{{.Version}}' 2>/dev/null | grep 
   exit 0
 fi
 
-go="${MEMBRANE_GO:-}"
-if [ -z "$go" ]; then
-  go="$(command -v go || true)"
-  [ -n "$go" ] || { [ -x /usr/local/go/bin/go ] && go=/usr/local/go/bin/go; }
-fi
-[ -n "$go" ] || { printf '[build-helm] error: no go command (looked at MEMBRANE_GO, PATH, /usr/local/go/bin/go); install Go >= 1.24\n' >&2; exit 1; }
+go="$(find_go build-helm)"
 
 mkdir -p "$dir"
 tmp="$(mktemp -d "$dir/.build.XXXXXX")"
