@@ -88,6 +88,7 @@ test.before(async () => {
 
 test.after.always(async () => {
   echo?.kill('SIGTERM');
+  for (let i = 0; i < 4; i++) removeNetns({ netns: `mbr-agt-burst${i}`, hostIface: `mbragtburst${i}` });
   for (const p of Object.values(wired)) await unwirePod(AGENT, p);
   for (const p of Object.values(PODS)) removeNetns(p);
   if (agent) await stopAgentProcess(agent);
@@ -281,6 +282,19 @@ serial('malformed API requests get a clear error and change nothing', async (t) 
   t.is((err5 as AgentApiError).status, 400);
   t.deepEqual(await api('/v1/endpoints/unknown/eth0', 'DELETE'), { removed: false, released: false });
   t.deepEqual((await api<EndpointView[]>('/v1/endpoints')).map((e) => e.id), before.map((e) => e.id));
+});
+
+serial('endpoints created concurrently get distinct ids and addresses', async (t) => {
+  const batch = [0, 1, 2, 3].map((i) => ({ namespace: NS, name: `burst-${i}`, netns: `mbr-agt-burst${i}`, hostIface: `mbragtburst${i}` }));
+  for (const p of batch) await core.createNamespacedPod({ namespace: NS, body: podSpec(p.name, { app: 'burst' }, LAB.nodeName) });
+  const made = await Promise.all(batch.map((p) => wirePod(AGENT, p)));
+  try {
+    t.is(new Set(made.map((w) => w.endpoint.id)).size, made.length, made.map((w) => w.endpoint.id).join(','));
+    t.is(new Set(made.map((w) => w.ip)).size, made.length);
+    t.true(made.every((w) => w.endpoint.state === 'ready'));
+  } finally {
+    for (const w of made) await unwirePod(AGENT, w);
+  }
 });
 
 serial('deleting an endpoint detaches it and releases its address', async (t) => {
