@@ -98,7 +98,7 @@ export async function appChapter(config: MembraneConfig, kc: KubeConfig, say: (l
     await probe('frontend', 'database', 5432);
     say('flows the datapath reported for these probes (policy verdicts and drops):');
     const batch: HubbleFlow[] = await flows.read(256, 300);
-    // Identical lines (a SYN and its retransmissions) are shown once, with a count.
+    // Identical lines (a policy verdict and its drop event, SYN retransmissions) are shown once, with a count.
     const lines = new Map<string, number>();
     for (const f of batch.filter((x) => x.event_type.type !== 4)) {
       const why = f.verdict === 'DROPPED' ? ` (${f.drop_reason_desc ?? ''})` : '';
@@ -106,7 +106,7 @@ export async function appChapter(config: MembraneConfig, kc: KubeConfig, say: (l
       const line = `  ${f.IP.source} -> ${f.IP.destination} ${port} ${f.traffic_direction ?? ''} ${f.verdict}${why} identity ${f.source.identity ?? '?'} -> ${f.destination.identity ?? '?'}`;
       lines.set(line, (lines.get(line) ?? 0) + 1);
     }
-    for (const [line, n] of [...lines].slice(0, 12)) say(n > 1 ? `${line}  (x${n}: the client retried)` : line);
+    for (const [line, n] of [...lines].slice(0, 12)) say(n > 1 ? `${line}  (x${n})` : line);
   } finally {
     flows.close();
   }
