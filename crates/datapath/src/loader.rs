@@ -140,3 +140,32 @@ pub fn remove_pin(path: &std::path::Path) -> Result<bool> {
         Err(e) => Err(DatapathError::io("unpin", path.display().to_string(), e)),
     }
 }
+
+/// Opens the program pinned at `path` and checks that it uses the map with id
+/// `map_id` (pinned at `map_pin`): a program of another pin directory or build
+/// is refused, with `reset` saying how to start over.
+pub fn open_pinned_program_using(
+    name: &str,
+    path: &std::path::Path,
+    map_id: u32,
+    map_pin: &std::path::Path,
+    reset: &str,
+) -> Result<aya::programs::SchedClassifier> {
+    let prog = aya::programs::SchedClassifier::from_pin(path)
+        .map_err(|e| DatapathError::op("open pinned", format!("program {name}"), &e))?;
+    let map_ids = prog
+        .info()
+        .and_then(|info| info.map_ids())
+        .map_err(|e| DatapathError::op("get info of", format!("program {name}"), &e))?;
+    if map_ids.is_some_and(|ids| !ids.contains(&map_id)) {
+        return Err(DatapathError::Incompatible {
+            object: format!("program {name}"),
+            path: path.display().to_string(),
+            detail: format!(
+                "it does not use the map pinned at {}; {reset}",
+                map_pin.display()
+            ),
+        });
+    }
+    Ok(prog)
+}

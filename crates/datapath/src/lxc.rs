@@ -402,23 +402,13 @@ impl Lxc {
             .map(|(id, _)| *id)
             .unwrap_or_default();
         for (name, hook) in PROGRAMS {
-            let path = self.pins.program(name);
-            let prog = SchedClassifier::from_pin(&path)
-                .map_err(|e| DatapathError::op("open pinned", format!("program {name}"), &e))?;
-            let map_ids = prog
-                .info()
-                .and_then(|info| info.map_ids())
-                .map_err(|e| DatapathError::op("get info of", format!("program {name}"), &e))?;
-            if map_ids.is_some_and(|ids| !ids.contains(&ep_map_id)) {
-                return Err(DatapathError::Incompatible {
-                    object: format!("program {name}"),
-                    path: path.display().to_string(),
-                    detail: format!(
-                        "it does not use the map pinned at {}; purge the pin directory to reset it",
-                        self.pins.map(ep_map::BY_IFINDEX_MAP).display()
-                    ),
-                });
-            }
+            let prog = loader::open_pinned_program_using(
+                name,
+                &self.pins.program(name),
+                ep_map_id,
+                &self.pins.map(ep_map::BY_IFINDEX_MAP),
+                "purge the pin directory to reset it",
+            )?;
             self.programs.push((name, hook, prog));
         }
         Ok(())

@@ -234,23 +234,13 @@ impl Programs {
                 .id();
             let mut programs = Vec::new();
             for (name, _) in PROGRAMS {
-                let path = pins.program(name);
-                let prog = SchedClassifier::from_pin(&path)
-                    .map_err(|e| DatapathError::op("open pinned", format!("program {name}"), &e))?;
-                let map_ids = prog
-                    .info()
-                    .and_then(|info| info.map_ids())
-                    .map_err(|e| DatapathError::op("get info of", format!("program {name}"), &e))?;
-                if map_ids.is_some_and(|ids| !ids.contains(&map_id)) {
-                    return Err(DatapathError::Incompatible {
-                        object: format!("program {name}"),
-                        path: path.display().to_string(),
-                        detail: format!(
-                            "it does not use the map pinned at {}; detach to reset the pin directory",
-                            map_path.display()
-                        ),
-                    });
-                }
+                let prog = loader::open_pinned_program_using(
+                    name,
+                    &pins.program(name),
+                    map_id,
+                    &map_path,
+                    "detach to reset the pin directory",
+                )?;
                 programs.push((name, prog));
             }
             return Ok(Self::Pinned(programs));

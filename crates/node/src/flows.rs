@@ -171,22 +171,23 @@ impl Task for ReadFlowsTask {
         ))
     }
 
-    fn resolve(
-        &mut self,
-        _env: Env,
-        (records, count, malformed, decode_ns): Self::Output,
-    ) -> Result<Self::JsValue> {
-        Ok(FlowBatch {
-            count,
-            records: records.into(),
-            record_size: CompactFlow::SIZE as u32,
-            malformed,
-            decode_ns,
-        })
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(flow_batch(output))
     }
 
     fn reject(&mut self, env: Env, err: Error) -> Result<Self::JsValue> {
         Err(self.failure.take_js_error(&env, err))
+    }
+}
+
+/// The JS face of decoded records: (records, count, malformed, decode_ns).
+fn flow_batch((records, count, malformed, decode_ns): (Vec<u8>, u32, u32, f64)) -> FlowBatch {
+    FlowBatch {
+        count,
+        records: records.into(),
+        record_size: CompactFlow::SIZE as u32,
+        malformed,
+        decode_ns,
     }
 }
 
@@ -217,18 +218,8 @@ impl Task for DecodeTask {
         ))
     }
 
-    fn resolve(
-        &mut self,
-        _env: Env,
-        (records, count, malformed, decode_ns): Self::Output,
-    ) -> Result<Self::JsValue> {
-        Ok(FlowBatch {
-            count,
-            records: records.into(),
-            record_size: CompactFlow::SIZE as u32,
-            malformed,
-            decode_ns,
-        })
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> Result<Self::JsValue> {
+        Ok(flow_batch(output))
     }
 }
 
