@@ -17,10 +17,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { KubeConfig, type V1Node, type V1Pod } from '@kubernetes/client-node';
-import { merge, type Subscription } from 'rxjs';
+import { filter, firstValueFrom, merge, of, timeout, type Subscription } from 'rxjs';
 import type { MembraneConfig } from '../config/config.js';
 import { openDatapath, type DatapathMapInfo, type EndpointSpec, type OpenDatapathResult } from '../datapath/lxc.js';
-import { ipcacheMap } from '../datapath/maps.js';
 import { EndpointManager } from '../endpoint/manager.js';
 import { EndpointStore } from '../endpoint/store.js';
 import { KubeIdentityApi } from '../identity/api.js';
@@ -175,10 +174,6 @@ export class Agent {
     this.log.info({ resources: AGENT_RESOURCES.length, pods: this.informers.get('pods').size }, 'informers synced');
     this.applyNode();
     await this.settleIdentities(this.opts.settleTimeoutMs ?? 10_000);
-    // What the kernel has now is the last known truth for pods still resolving.
-    const adopted = await ipcacheMap(config.pinDir, config.bpffsRoot).dump();
-    for (const [k, v] of adopted) if (k.prefixLen === 32) this.lastKnown.set(String(k.addr), v.identity);
-    for (const ep of this.endpoints.list()) this.endpoints.setIdentity(ep.id, this.currentIdentity(ep.pod) ?? (ep.identity || undefined));
 
     this.pipeline = new Pipeline({
       maps: datapathMaps(config.pinDir, config.bpffsRoot),
@@ -187,9 +182,12 @@ export class Agent {
       windowMs: this.opts.windowMs ?? 2,
       onDesired: (s) => (this.lastDesired = s),
     });
-    await this.pipeline.start();
+    await this.pipeline.start(); // adopts every map (one dump each)
+    // What the kernel has now is the last known truth for pods still resolving.
+    for (const [k, v] of this.pipeline.ipcache.held()) if (k.prefixLen === 32) this.lastKnown.set(String(k.addr), v.identity);
+    for (const ep of this.endpoints.list()) this.endpoints.setIdentity(ep.id, this.currentIdentity(ep.pod) ?? (ep.identity || undefined));
     await this.pipeline.sync();
-    const reattached = await this.endpoints.reattachMissing();
+    const reattached = await this.endpoints.reattachMissing(restored.attached);
     const firstPassWrites = this.pipeline.stats().reduce((n, s) => n + s.upserts + s.deletes, 0);
     this.subscribeToChanges();
     this.ready = true;
@@ -275,18 +273,16 @@ export class Agent {
     return this.identities.pods.identityOf(podKey(pod.namespace, pod.name));
   }
 
+  /** The pod's identity once it resolves (or its labels prove invalid), waiting at most `waitMs`. */
   private async resolveIdentity(pod: string, waitMs: number): Promise<number | undefined> {
-    const deadline = Date.now() + waitMs;
-    for (;;) {
-      const id = this.identities.pods.identityOf(pod);
-      if (id !== undefined) return id;
-      const status = this.identities.pods.get(pod)?.status;
-      if (status === 'invalid' || Date.now() > deadline) {
-        this.log.warn({ pod, status: status ?? 'unknown pod' }, 'no identity for the pod yet; its endpoint starts in default deny');
-        return undefined;
-      }
-      await new Promise((r) => setTimeout(r, 5));
+    const settled = () => this.identities.pods.identityOf(pod) !== undefined || this.identities.pods.get(pod)?.status === 'invalid';
+    if (!settled()) {
+      const changes = merge(this.identities.pods.changes$, this.informers.get('pods').events$);
+      await firstValueFrom(changes.pipe(filter(settled), timeout({ first: waitMs, with: () => of(undefined) })), { defaultValue: undefined });
     }
+    const id = this.identities.pods.identityOf(pod);
+    if (id === undefined) this.log.warn({ pod, status: this.identities.pods.get(pod)?.status ?? 'unknown pod' }, 'no identity for the pod yet; its endpoint starts in default deny');
+    return id;
   }
 
   private specOf(id: number): EndpointSpec | undefined {
@@ -330,7 +326,8 @@ export class Agent {
       endpoints,
       policy,
     });
-    for (const [k, v] of state.ipcache) if (k.prefixLen === 32) this.lastKnown.set(String(k.addr), v.identity);
+    // Only addresses the ipcache holds now are remembered (a deleted pod's address is forgotten).
+    this.lastKnown = new Map(state.ipcache.filter(([k]) => k.prefixLen === 32).map(([k, v]) => [String(k.addr), v.identity]));
     return state;
   }
 }

@@ -84,7 +84,7 @@ export function status(agent: Agent): StatusResponse {
 export function agentRoutes(agent: Agent): Route[] {
   const dp = () => ({ pinDir: agent.pinDir, bpffsRoot: agent.bpffsRoot });
   const view = (ep: ReturnType<Agent['endpoints']['list']>[number]) =>
-    endpointView(ep, agent.lastDesired?.enforcement.get(ep.id), agent.identities.allocator.list().find((i) => i.id === ep.identity)?.labels ?? agent.identities.pods.get(`${ep.pod.namespace}/${ep.pod.name}`)?.labels);
+    endpointView(ep, agent.lastDesired?.enforcement.get(ep.id), agent.identities.allocator.lookup(ep.identity)?.labels ?? agent.identities.pods.get(`${ep.pod.namespace}/${ep.pod.name}`)?.labels);
   return [
     {
       method: 'GET',

@@ -86,7 +86,7 @@ export class EndpointManager {
    * was down) is removed and its address released; attachments that no
    * endpoint owns are detached.
    */
-  async restore(): Promise<{ restored: number; removed: number; detachedOrphans: number }> {
+  async restore(): Promise<{ restored: number; removed: number; detachedOrphans: number; attached: Set<number> }> {
     const { endpoints } = this.deps.store.load();
     let removed = 0;
     for (const ep of endpoints) {
@@ -102,19 +102,20 @@ export class EndpointManager {
     }
     let detachedOrphans = 0;
     const known = new Set(this.list().map((e) => e.ifindex));
-    for (const a of await listEndpointAttachments(this.deps.datapath)) {
+    const attachments = await listEndpointAttachments(this.deps.datapath);
+    const attached = new Set(attachments.filter((a) => known.has(a.ifindex) && a.attachments.length >= 2).map((a) => a.ifindex));
+    for (const a of attachments) {
       if (!known.has(a.ifindex) && a.attachments.length > 0) {
         await detachEndpoint({ ...this.deps.datapath, ifindex: a.ifindex });
         this.deps.log.warn({ ifindex: a.ifindex, iface: a.iface }, 'detached the datapath from an interface no endpoint owns');
         detachedOrphans++;
       }
     }
-    return { restored: this.byId.size, removed, detachedOrphans };
+    return { restored: this.byId.size, removed, detachedOrphans, attached };
   }
 
-  /** Attaches datapath programs to restored endpoints that lost them (never detaches). */
-  async reattachMissing(): Promise<number> {
-    const attached = new Set((await listEndpointAttachments(this.deps.datapath)).filter((a) => a.attachments.length >= 2).map((a) => a.ifindex));
+  /** Attaches datapath programs to restored endpoints that lost them (`attached`: what restore() found whole; never detaches). */
+  async reattachMissing(attached: ReadonlySet<number>): Promise<number> {
     let n = 0;
     for (const ep of this.list()) {
       if (attached.has(ep.ifindex)) continue;

@@ -106,6 +106,11 @@ export class Reconciler<K, V> {
     return this.stats$.getValue();
   }
 
+  /** The entries the map holds as far as this reconciler knows (adopted at start, then written). */
+  held(): Iterable<readonly [K, V]> {
+    return this.realized?.values() ?? [];
+  }
+
   /** Starts applying desired states; the map is adopted (dumped) first. */
   async start(): Promise<void> {
     if (this.subscription) return;
