@@ -219,8 +219,11 @@ serial('lab probe: a pod a CiliumNetworkPolicy does not allow times out, an allo
   const udp = await probeFromNetns(netnsOfPod(client.metadata!.uid!), { ip: server.status!.podIP!, port: UDP_PORT, protocol: 'udp', timeoutMs: 1000 });
   t.is(udp.outcome, 'timed-out');
   await custom.deleteNamespacedCustomObject({ group: 'cilium.io', version: 'v2', namespace: NS, plural: 'ciliumnetworkpolicies', name: 'only-client' });
-  await until(async () => (await run(other)).outcome === 'connected', 'the other pod allowed again once the policy is gone', 60_000, 200);
-  t.pass();
+  const restored = await until(async () => {
+    const r = await run(other);
+    return r.outcome === 'connected' ? r : undefined;
+  }, 'the other pod allowed again once the policy is gone', 60_000, 200);
+  t.like(restored, { outcome: 'connected', echoed: true });
 });
 
 serial('lab probe: malformed arguments and pods that do not exist get clear errors', async (t) => {
