@@ -13,6 +13,12 @@
  *     -> conntrack: ESTABLISHED / REPLY / RELATED  -> update, maybe report, pass
  *                   NEW -> ipcache(peer) -> policy -> CT create -> events -> pass / drop
  *
+ * Most packets belong to tracked TCP/UDP connections and need none of it but
+ * the conntrack update, so a fast path runs first (handle_fast): it passes
+ * such a packet when the cached endpoint, a header read in place and one
+ * conntrack lookup (two for a reply) suffice, and leaves everything else, and
+ * every report, to the pipeline.
+ *
  * Packets that pass return MBR_TC_PASS_ON, never TC_ACT_OK: under tcx an OK
  * would end the chain and skip programs attached after ours.
  */
@@ -36,19 +42,22 @@ struct mbr_ctx {
 	struct mbr_pkt pkt;
 	__u32 len;
 	__u8 dir;                 /* MBR_TRAFFIC_INGRESS / _EGRESS */
-	__u8 enforced;            /* policy applies in dir */
-	__u8 audit;               /* would-be drops pass as AUDIT */
 	__u8 parsed;              /* pkt holds at least the IP addresses */
 	__u8 cached;              /* ep is the cache's copy, not yet confirmed */
 };
 
-/* Sets what the context derives from the endpoint's flags. */
-static __always_inline void ctx_set_endpoint(struct mbr_ctx *c, const struct endpoint_info *ep)
+/* Whether policy applies to the packet's direction. Read from the endpoint
+ * when needed (only off the tracked path, always after endpoint_confirm). */
+static __always_inline int ctx_enforced(const struct mbr_ctx *c)
 {
-	c->ep = ep;
-	c->enforced = (ep->flags & (c->dir == MBR_TRAFFIC_EGRESS ? MBR_EP_F_EGRESS_ENFORCED :
+	return (c->ep->flags & (c->dir == MBR_TRAFFIC_EGRESS ? MBR_EP_F_EGRESS_ENFORCED :
 								    MBR_EP_F_INGRESS_ENFORCED)) != 0;
-	c->audit = (ep->flags & MBR_EP_F_AUDIT) != 0;
+}
+
+/* Whether would-be drops pass as AUDIT. */
+static __always_inline int ctx_audit(const struct mbr_ctx *c)
+{
+	return (c->ep->flags & MBR_EP_F_AUDIT) != 0;
 }
 
 /*
@@ -69,7 +78,7 @@ static __always_inline int endpoint_confirm(struct mbr_ctx *c)
 	ep = endpoint_by_ifindex(c->skb->ifindex);
 	if (!ep)
 		return MBR_NOT_AN_ENDPOINT;
-	ctx_set_endpoint(c, ep);
+	c->ep = ep;
 	return 0;
 }
 
@@ -123,7 +132,7 @@ static __always_inline int enforce_drop(const struct mbr_ctx *c, __u8 reason)
 {
 	struct mbr_event_info info;
 
-	if (c->audit) {
+	if (ctx_audit(c)) {
 		event_start(c, &info, 0);
 		event_send(c, &info, MBR_EVENT_POLICY_VERDICT, MBR_VERDICT_AUDIT, reason);
 		return pass(c);
@@ -134,14 +143,15 @@ static __always_inline int enforce_drop(const struct mbr_ctx *c, __u8 reason)
 /* A packet of a tracked connection: account it, report it at most once per
  * interval, pass it. No ipcache or policy lookup. */
 static __always_inline int handle_tracked(struct mbr_ctx *c, struct ct_entry *e, __u8 status,
-					  __u32 now, const struct mbr_settings *cfg)
+					  __u32 now, const struct datapath_config *cfg)
 {
 	__u32 last = e->last_report;
 
 	if (status != MBR_CT_RELATED)
-		ct_update(e, &c->pkt, status == MBR_CT_REPLY, c->len, now, cfg);
+		ct_update(e, c->pkt.proto, c->pkt.tcp_flags, status == MBR_CT_REPLY, c->len, now,
+			  cfg);
 
-	if (now - last >= cfg->report_interval &&
+	if (now - last >= config_report_interval(cfg) &&
 	    __sync_val_compare_and_swap(&e->last_report, last, now) == last) {
 		/* Whether the endpoint initiated the connection: known from the
 		 * lookup that hit, except for RELATED (either lookup). */
@@ -166,7 +176,7 @@ static __always_inline int handle_tracked(struct mbr_ctx *c, struct ct_entry *e,
 
 /* The first packet of a connection (or an untracked ICMP packet): peer
  * identity, policy when enforced, conntrack entry, events. */
-static __always_inline int handle_new(struct mbr_ctx *c, __u32 now, const struct mbr_settings *cfg)
+static __always_inline int handle_new(struct mbr_ctx *c, __u32 now, const struct datapath_config *cfg)
 {
 	const struct endpoint_info *ep = c->ep;
 	struct mbr_event_info info;
@@ -177,10 +187,10 @@ static __always_inline int handle_new(struct mbr_ctx *c, __u32 now, const struct
 
 	peer = ipcache_identity(c->dir == MBR_TRAFFIC_EGRESS ? c->pkt.daddr : c->pkt.saddr);
 
-	if (c->enforced) {
+	if (ctx_enforced(c)) {
 		policy_decide(ep->ep_id, c->dir, peer, c->pkt.proto, c->pkt.policy_port, &r);
 		if (r.drop_reason) {
-			if (!c->audit) {
+			if (!ctx_audit(c)) {
 				/* The policy verdict, then the drop. */
 				event_start(c, &info, peer);
 				info.policy_cookie = r.cookie;
@@ -221,7 +231,7 @@ static __always_inline int handle_new(struct mbr_ctx *c, __u32 now, const struct
 	info.proxy_port = r.proxy_port;
 	trace_verdict = verdict == MBR_VERDICT_REDIRECTED ? MBR_VERDICT_REDIRECTED :
 							    MBR_VERDICT_FORWARDED;
-	if (c->enforced) {
+	if (ctx_enforced(c)) {
 		info.then_type = MBR_EVENT_TRACE;
 		info.then_verdict = trace_verdict;
 		event_send(c, &info, MBR_EVENT_POLICY_VERDICT, verdict,
@@ -234,23 +244,93 @@ static __always_inline int handle_new(struct mbr_ctx *c, __u32 now, const struct
 	return pass(c);
 }
 
+/* handle_fast's answer when it passed the packet; a negative one leaves the
+ * packet to the pipeline, and a positive one, an endpoint id, too, saying
+ * that lookups with that id found no live entry either way. */
+#define MBR_FAST_PASSED   0
+#define MBR_FAST_DECLINED (-1)
+
 /*
+ * The fast path: the packet of a tracked TCP or UDP connection that needs
+ * nothing but its conntrack update. It runs on the cached endpoint and a
+ * tuple read in place (parse_tracked_shape), and makes the decisions of the
+ * pipeline in the same order, for exactly these packets:
+ * the source check (a mismatch goes to the pipeline, which confirms the
+ * endpoint first), the conntrack lookup (ct_lookup's ESTABLISHED, then
+ * REPLY) and the report interval (a due report is the pipeline's). So the
+ * packets it passes are those the pipeline would pass with only
+ * handle_tracked's accounting, and it changes nothing for the others.
+ * A pure SYN goes to the pipeline untouched: it almost always opens a
+ * connection (which the pipeline would otherwise look up again), and when
+ * it does not, it may reopen a finished one (ct_tcp_reopens).
+ * The answer is a single scalar so that the hot path keeps no state for the
+ * pipeline on the stack.
+ */
+static __always_inline int handle_fast(struct __sk_buff *skb, const __u8 dir)
+{
+	const struct endpoint_info *ep = endpoint_cached(skb->ifindex);
+	const struct datapath_config *cfg;
+	struct mbr_tuple t;
+	struct ct_key k;
+	struct ct_entry *e;
+	__u32 now;
+	int reply = 0;
+
+	if (!ep || parse_tracked_shape(skb, &t))
+		return MBR_FAST_DECLINED;
+	if (t.proto == IPPROTO_TCP && (t.tcp_flags & (MBR_TCP_SYN | MBR_TCP_ACK)) == MBR_TCP_SYN)
+		return MBR_FAST_DECLINED;
+	if (dir == MBR_TRAFFIC_EGRESS && ep->ipv4 && t.saddr != ep->ipv4)
+		return MBR_FAST_DECLINED;
+	/* The key first: its stores free the registers the tuple used. */
+	ct_key_set(&k, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir);
+	cfg = config_get();
+	if (!cfg)
+		return MBR_FAST_DECLINED;
+	now = clock_now();
+
+	e = ct_live(&k, now, ep->ep_id);
+	if (!e) {
+		/* The reply key from the forward one on the stack: nothing of
+		 * the tuple has to survive the first lookup in registers. */
+		ct_key_reverse(&k, ct_opposite(dir));
+		e = ct_live(&k, now, ep->ep_id);
+		if (!e)
+			return ep->ep_id ? ep->ep_id : MBR_FAST_DECLINED;
+		reply = 1;
+	}
+	if (now - e->last_report >= config_report_interval(cfg))
+		return MBR_FAST_DECLINED;
+	ct_update(e, t.proto, t.tcp_flags, reply, skb->len, now, cfg);
+	return MBR_FAST_PASSED;
+}
+
+/*
+ * The pipeline, for every packet the fast path left to it (`fast`, its
+ * answer).
+ *
  * The endpoint comes from the cache when it has the interface (no function
  * call), else from mbr_ep_ifindex. A cached endpoint only ever lets a
  * tracked connection's packet pass; every other outcome (a drop, a new
  * connection, non-IPv4, fragments) confirms it against mbr_ep_ifindex
  * first, so policy flags are always the agent's latest.
  */
-static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
+static __always_inline int handle_slow(struct __sk_buff *skb, const __u8 dir, int fast)
 {
-	struct mbr_ctx c = { .skb = skb, .dir = dir, .len = skb->len };
+	struct mbr_ctx c;
 	const struct endpoint_info *ep;
-	struct mbr_settings cfg;
+	const struct datapath_config *cfg;
+	struct datapath_config defaults = {};
 	struct ct_entry *e;
 	__u32 now;
 	__u8 status;
 	int reason;
 
+	c.skb = skb;
+	c.dir = dir;
+	c.len = skb->len;
+	c.parsed = 0;
+	c.cached = 0;
 	ep = endpoint_cached(skb->ifindex);
 	if (ep) {
 		c.cached = 1;
@@ -260,7 +340,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 			/* Not an endpoint's veth: never attached so by the agent. */
 			return MBR_NOT_AN_ENDPOINT;
 	}
-	ctx_set_endpoint(&c, ep);
+	c.ep = ep;
 
 	switch (parse_l2(skb)) {
 	case MBR_L3_IPV4:
@@ -270,7 +350,7 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	default:
 		if (endpoint_confirm(&c))
 			return MBR_NOT_AN_ENDPOINT;
-		if (!c.enforced)
+		if (!ctx_enforced(&c))
 			return pass(&c);
 		return enforce_drop(&c, MBR_DROP_UNSUPPORTED_L3);
 	}
@@ -296,18 +376,27 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 	if (c.pkt.frag == MBR_FRAG_NONFIRST && frag_recall(&c.pkt)) {
 		if (endpoint_confirm(&c))
 			return MBR_NOT_AN_ENDPOINT;
-		if (!c.enforced)
+		if (!ctx_enforced(&c))
 			return pass(&c);
 		return enforce_drop(&c, MBR_DROP_FRAG_NOT_SUPPORTED);
 	}
 
-	config_load(&cfg);
+	cfg = config_get();
+	if (!cfg)
+		cfg = &defaults;
 	now = clock_now();
 
-	status = ct_lookup(&c.pkt, dir, c.ep->ep_id, now, &e);
+	/* The fast path looked this packet up in both directions with this
+	 * endpoint id and found nothing live: that is ct_lookup's answer. */
+	if (fast > 0 && c.ep->ep_id == fast) {
+		e = NULL;
+		status = MBR_CT_NEW;
+	} else {
+		status = ct_lookup(&c.pkt, dir, c.ep->ep_id, now, &e);
+	}
 	if (e && status != MBR_CT_NEW &&
-	    !(status == MBR_CT_ESTABLISHED && ct_tcp_reopens(&c.pkt, e)))
-		return handle_tracked(&c, e, status, now, &cfg);
+	    !(status == MBR_CT_ESTABLISHED && ct_tcp_reopens(c.pkt.proto, c.pkt.tcp_flags, e)))
+		return handle_tracked(&c, e, status, now, cfg);
 
 	if (c.cached) {
 		__u16 cached_ep_id = c.ep->ep_id;
@@ -318,14 +407,15 @@ static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
 		if (c.ep->ep_id != cached_ep_id) {
 			status = ct_lookup(&c.pkt, dir, c.ep->ep_id, now, &e);
 			if (e && status != MBR_CT_NEW &&
-			    !(status == MBR_CT_ESTABLISHED && ct_tcp_reopens(&c.pkt, e)))
-				return handle_tracked(&c, e, status, now, &cfg);
+			    !(status == MBR_CT_ESTABLISHED &&
+			      ct_tcp_reopens(c.pkt.proto, c.pkt.tcp_flags, e)))
+				return handle_tracked(&c, e, status, now, cfg);
 		}
 	}
-	return handle_new(&c, now, &cfg);
+	return handle_new(&c, now, cfg);
 }
 
-/* The single exit: count the packet under its reason, return the verdict. */
+/* Counts the packet under its outcome (metrics), returns the tc verdict. */
 static __always_inline int finish(struct __sk_buff *skb, __u8 dir, int outcome)
 {
 	if (outcome == MBR_NOT_AN_ENDPOINT) {
@@ -336,18 +426,29 @@ static __always_inline int finish(struct __sk_buff *skb, __u8 dir, int outcome)
 	return outcome == MBR_DROP_NONE ? MBR_TC_PASS_ON : TC_ACT_SHOT;
 }
 
+/* Every packet: the fast path, else the pipeline; counted once either way. */
+static __always_inline int handle(struct __sk_buff *skb, const __u8 dir)
+{
+	int fast = handle_fast(skb, dir);
+
+	if (fast == MBR_FAST_PASSED)
+		/* Its own finish: the metrics index is a constant here. */
+		return finish(skb, dir, MBR_DROP_NONE);
+	return finish(skb, dir, handle_slow(skb, dir, fast));
+}
+
 /* tc ingress of the host-side veth: packets leaving the pod. */
 SEC(MBR_SECTION_TC_INGRESS)
 int mbr_from_cont(struct __sk_buff *skb)
 {
-	return finish(skb, MBR_TRAFFIC_EGRESS, handle(skb, MBR_TRAFFIC_EGRESS));
+	return handle(skb, MBR_TRAFFIC_EGRESS);
 }
 
 /* tc egress of the host-side veth: packets entering the pod. */
 SEC(MBR_SECTION_TC_EGRESS)
 int mbr_to_cont(struct __sk_buff *skb)
 {
-	return finish(skb, MBR_TRAFFIC_INGRESS, handle(skb, MBR_TRAFFIC_INGRESS));
+	return handle(skb, MBR_TRAFFIC_INGRESS);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

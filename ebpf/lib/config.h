@@ -32,40 +32,48 @@ struct {
 	__uint(max_entries, 1);
 } mbr_config SEC(".maps");
 
-/* The settings in effect: the map's values, defaults for zero fields. */
-struct mbr_settings {
-	__u32 ct_tcp_syn;
-	__u32 ct_tcp_established;
-	__u32 ct_tcp_close;
-	__u32 ct_nontcp;
-	__u32 report_interval;
-};
+/*
+ * The settings: the map's entry, read field by field where a value is used
+ * (copying all of them costs every packet loads and stack stores for values
+ * it does not need). NULL cannot happen for index 0 of an ARRAY, but the
+ * verifier requires the check: callers treat NULL as all defaults.
+ */
+static __always_inline const struct datapath_config *config_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&mbr_config, &zero);
+}
 
 static __always_inline __u32 config_or(__u32 value, __u32 fallback)
 {
 	return value ? value : fallback;
 }
 
-static __always_inline void config_load(struct mbr_settings *s)
+/* The values in effect: the field, or its default when zero. */
+static __always_inline __u32 config_ct_tcp_syn(const struct datapath_config *c)
 {
-	__u32 zero = 0;
-	const struct datapath_config *c = bpf_map_lookup_elem(&mbr_config, &zero);
+	return config_or(c->ct_tcp_syn_timeout, MBR_DEFAULT_CT_TCP_SYN_TIMEOUT);
+}
 
-	if (!c) {
-		/* Cannot happen for an ARRAY map at index 0; keep the verifier happy. */
-		s->ct_tcp_syn = MBR_DEFAULT_CT_TCP_SYN_TIMEOUT;
-		s->ct_tcp_established = MBR_DEFAULT_CT_TCP_ESTABLISHED_TIMEOUT;
-		s->ct_tcp_close = MBR_DEFAULT_CT_TCP_CLOSE_TIMEOUT;
-		s->ct_nontcp = MBR_DEFAULT_CT_NONTCP_TIMEOUT;
-		s->report_interval = MBR_DEFAULT_FLOW_REPORT_INTERVAL;
-		return;
-	}
-	s->ct_tcp_syn = config_or(c->ct_tcp_syn_timeout, MBR_DEFAULT_CT_TCP_SYN_TIMEOUT);
-	s->ct_tcp_established =
-		config_or(c->ct_tcp_established_timeout, MBR_DEFAULT_CT_TCP_ESTABLISHED_TIMEOUT);
-	s->ct_tcp_close = config_or(c->ct_tcp_close_timeout, MBR_DEFAULT_CT_TCP_CLOSE_TIMEOUT);
-	s->ct_nontcp = config_or(c->ct_nontcp_timeout, MBR_DEFAULT_CT_NONTCP_TIMEOUT);
-	s->report_interval = config_or(c->flow_report_interval, MBR_DEFAULT_FLOW_REPORT_INTERVAL);
+static __always_inline __u32 config_ct_tcp_established(const struct datapath_config *c)
+{
+	return config_or(c->ct_tcp_established_timeout, MBR_DEFAULT_CT_TCP_ESTABLISHED_TIMEOUT);
+}
+
+static __always_inline __u32 config_ct_tcp_close(const struct datapath_config *c)
+{
+	return config_or(c->ct_tcp_close_timeout, MBR_DEFAULT_CT_TCP_CLOSE_TIMEOUT);
+}
+
+static __always_inline __u32 config_ct_nontcp(const struct datapath_config *c)
+{
+	return config_or(c->ct_nontcp_timeout, MBR_DEFAULT_CT_NONTCP_TIMEOUT);
+}
+
+static __always_inline __u32 config_report_interval(const struct datapath_config *c)
+{
+	return config_or(c->flow_report_interval, MBR_DEFAULT_FLOW_REPORT_INTERVAL);
 }
 
 #endif /* MEMBRANE_LIB_CONFIG_H */

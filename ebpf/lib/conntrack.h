@@ -123,6 +123,20 @@ static __always_inline void ct_key_set(struct ct_key *k, __be32 s, __be32 d, __b
 	k->pad = 0;
 }
 
+/* Turns the key of a packet into the key its reply would have been created
+ * under (addresses and ports swapped) at `direction`. */
+static __always_inline void ct_key_reverse(struct ct_key *k, __u8 direction)
+{
+	__be32 addr = k->saddr;
+	__be16 port = k->sport;
+
+	k->saddr = k->daddr;
+	k->daddr = addr;
+	k->sport = k->dport;
+	k->dport = port;
+	k->direction = direction;
+}
+
 /*
  * Conntrack lookup of `pkt` seen at `direction` of endpoint `ep_id`
  * (ebpf/README.md, "Conntrack"): ESTABLISHED (forward), REPLY, RELATED (an
@@ -181,38 +195,38 @@ static __always_inline int ct_tcp_closing(__u8 all_tcp_flags, __u8 ct_flags)
 
 /* Lifetime in seconds of an entry in the given state. */
 static __always_inline __u32 ct_lifetime(__u8 proto, __u8 all_tcp_flags, __u8 ct_flags,
-					 const struct mbr_settings *cfg)
+					 const struct datapath_config *cfg)
 {
 	if (proto != IPPROTO_TCP)
-		return cfg->ct_nontcp;
+		return config_ct_nontcp(cfg);
 	if (ct_tcp_closing(all_tcp_flags, ct_flags))
-		return cfg->ct_tcp_close;
+		return config_ct_tcp_close(cfg);
 	if (ct_flags & MBR_CT_F_SEEN_REPLY)
-		return cfg->ct_tcp_established;
-	return cfg->ct_tcp_syn;
+		return config_ct_tcp_established(cfg);
+	return config_ct_tcp_syn(cfg);
 }
 
 /*
  * Whether a forward TCP packet opens a new connection on the tuple of a
  * finished one (a SYN after FIN/RST): then it goes through policy again.
  */
-static __always_inline int ct_tcp_reopens(const struct mbr_pkt *pkt, const struct ct_entry *e)
+static __always_inline int ct_tcp_reopens(__u8 proto, __u8 tcp_flags, const struct ct_entry *e)
 {
-	return pkt->proto == IPPROTO_TCP &&
-	       (pkt->tcp_flags & (MBR_TCP_SYN | MBR_TCP_ACK)) == MBR_TCP_SYN &&
+	return proto == IPPROTO_TCP && (tcp_flags & (MBR_TCP_SYN | MBR_TCP_ACK)) == MBR_TCP_SYN &&
 	       ((e->fwd_tcp_flags | e->rev_tcp_flags) & MBR_TCP_RST ||
 		(e->flags & (MBR_CT_F_FWD_CLOSING | MBR_CT_F_REV_CLOSING)));
 }
 
 /*
- * Accounts a packet of an existing connection: counters with atomic adds,
- * TCP flags and state flags with one atomic OR (only when a bit is new),
- * lifetime refreshed. `reply` selects the responder's direction.
+ * Accounts a packet (protocol `proto`, TCP flags `tcp_flags`) of an
+ * existing connection: counters with atomic adds, TCP flags and state flags
+ * with one atomic OR (only when a bit is new), lifetime refreshed. `reply`
+ * selects the responder's direction.
  */
-static __always_inline void ct_update(struct ct_entry *e, const struct mbr_pkt *pkt, int reply,
-				      __u32 bytes, __u32 now, const struct mbr_settings *cfg)
+static __always_inline void ct_update(struct ct_entry *e, __u8 proto, __u8 tcp_flags, int reply,
+				      __u32 bytes, __u32 now, const struct datapath_config *cfg)
 {
-	__u8 closing = (pkt->tcp_flags & (MBR_TCP_FIN | MBR_TCP_RST)) ? 1 : 0;
+	__u8 closing = (tcp_flags & (MBR_TCP_FIN | MBR_TCP_RST)) ? 1 : 0;
 	__u32 *word = (__u32 *)&e->fwd_tcp_flags;
 	__u32 old_word, add_word = 0;
 	__u8 *add = (__u8 *)&add_word;
@@ -222,12 +236,12 @@ static __always_inline void ct_update(struct ct_entry *e, const struct mbr_pkt *
 	if (reply) {
 		__sync_fetch_and_add(&e->rev_packets, 1);
 		__sync_fetch_and_add(&e->rev_bytes, bytes);
-		add[1] = pkt->tcp_flags;
+		add[1] = tcp_flags;
 		add[2] = MBR_CT_F_SEEN_REPLY | (closing ? MBR_CT_F_REV_CLOSING : 0);
 	} else {
 		__sync_fetch_and_add(&e->fwd_packets, 1);
 		__sync_fetch_and_add(&e->fwd_bytes, bytes);
-		add[0] = pkt->tcp_flags;
+		add[0] = tcp_flags;
 		add[2] = closing ? MBR_CT_F_FWD_CLOSING : 0;
 	}
 	/* fwd_tcp_flags, rev_tcp_flags, flags and pad share one aligned u32
@@ -238,7 +252,7 @@ static __always_inline void ct_update(struct ct_entry *e, const struct mbr_pkt *
 	old_word |= add_word;
 	old = (__u8 *)&old_word;
 
-	expires = now + ct_lifetime(pkt->proto, old[0] | old[1], old[2], cfg);
+	expires = now + ct_lifetime(proto, old[0] | old[1], old[2], cfg);
 	if (e->expires != expires)
 		e->expires = expires;
 }
@@ -251,7 +265,7 @@ static __always_inline void ct_update(struct ct_entry *e, const struct mbr_pkt *
 static __always_inline long ct_create(const struct mbr_pkt *pkt, __u8 direction, __u16 ep_id,
 				      __u32 src_identity, __u32 dst_identity, __u8 ct_flags,
 				      __be16 proxy_port, __u32 bytes, __u32 now,
-				      const struct mbr_settings *cfg)
+				      const struct datapath_config *cfg)
 {
 	struct ct_key k;
 	struct ct_entry e = {};

@@ -331,4 +331,63 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct mbr_pkt *pkt
 	}
 }
 
+/* The conntrack tuple of a packet parse_tracked_shape accepted. */
+struct mbr_tuple {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8  proto;              /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8  tcp_flags;          /* 0 for UDP */
+};
+
+/*
+ * The commonest packet read with one bounds check and no copy of the
+ * headers: IPv4 without options, not a fragment, carrying TCP or UDP whose
+ * header lies in the linear data. For such a packet parse_ipv4 would return
+ * 0 with MBR_FRAG_NONE and the same tuple; every check parse_ipv4 makes on
+ * it is made here too. 0 and *t filled, or -1 for any other packet (other
+ * protocols, IP options, fragments, headers to pull, anything malformed):
+ * parse_l2 and parse_ipv4 decide those.
+ */
+static __always_inline int parse_tracked_shape(struct __sk_buff *skb, struct mbr_tuple *t)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	__u8 *l4 = (void *)(ip + 1);
+	__u32 tot_len;
+
+	/* 8 bytes of L4 header: all of UDP's, the ports and more of TCP. */
+	if ((void *)(l4 + sizeof(struct udphdr)) > data_end)
+		return -1;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || *(__u8 *)ip != 0x45 ||
+	    (ip->frag_off & bpf_htons(MBR_IP_MF | MBR_IP_OFFSET_MSK)))
+		return -1;
+	tot_len = bpf_ntohs(ip->tot_len);
+	if (sizeof(struct ethhdr) + tot_len > skb->len)
+		return -1;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)l4;
+
+		if ((void *)(tcp + 1) > data_end || tot_len < sizeof(*ip) + sizeof(*tcp) ||
+		    tcp->doff < 5)
+			return -1;
+		t->tcp_flags = l4[13];
+	} else if (ip->protocol == IPPROTO_UDP) {
+		if (tot_len < sizeof(*ip) + sizeof(struct udphdr))
+			return -1;
+		t->tcp_flags = 0;
+	} else {
+		return -1;
+	}
+	t->saddr = ip->saddr;
+	t->daddr = ip->daddr;
+	t->sport = *(__be16 *)l4;
+	t->dport = *(__be16 *)(l4 + 2);
+	t->proto = ip->protocol;
+	return 0;
+}
+
 #endif /* MEMBRANE_LIB_PARSE_H */

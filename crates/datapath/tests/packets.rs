@@ -1161,6 +1161,166 @@ fn fragments_follow_their_first_fragment() {
     assert_eq!(dp.egress(&later.frame()), PASS);
 }
 
+/// A TCP frame whose IP header carries 4 bytes of options (NOPs): a shape
+/// the fast path leaves to the pipeline.
+fn tcp_frame_with_ip_options(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    Ipv4Packet {
+        options: vec![1, 1, 1, 1],
+        ..Ipv4Packet::new(src, dst, 6, tcp_segment(sport, dport, flags, 0))
+    }
+    .frame()
+}
+
+#[test]
+fn tracked_packets_are_accounted_once_whichever_path_takes_them() {
+    let Some(mut dp) = Dp::load("tracked_packets_are_accounted_once_whichever_path_takes_them")
+    else {
+        return;
+    };
+    dp.endpoint(EP_F_EGRESS_ENFORCED);
+    dp.allow(EGRESS, PEER_ID, IPPROTO_TCP, 80, 1);
+    let key = ct_key(POD, PEER, 40000, 80, IPPROTO_TCP, EGRESS);
+    let syn = tcp_frame(POD, PEER, 40000, 80, TCP_SYN);
+    assert_eq!(dp.egress(&syn), PASS);
+    assert_eq!(dp.events().len(), 2, "policy verdict + trace");
+    let mut fwd = (1u64, syn.len() as u64);
+    let mut rev = (0u64, 0u64);
+    let check = |dp: &Dp, fwd: (u64, u64), rev: (u64, u64), what: &str| {
+        let e = dp.ct(&key).unwrap();
+        assert_eq!((e.fwd_packets, e.fwd_bytes), fwd, "forward after {what}");
+        assert_eq!((e.rev_packets, e.rev_bytes), rev, "reply after {what}");
+        assert_eq!(
+            dp.metric(0, EGRESS.raw()),
+            fwd,
+            "egress metrics after {what}"
+        );
+        assert_eq!(
+            dp.metric(0, INGRESS.raw()),
+            rev,
+            "ingress metrics after {what}"
+        );
+    };
+
+    // Replies and forward packets, in the common shape (the fast path) and
+    // with IP options (the pipeline): each counted once, on the entry and
+    // in the metrics.
+    let steps: [(bool, Vec<u8>, &str); 5] = [
+        (
+            true,
+            tcp_frame(PEER, POD, 80, 40000, TCP_SYN | TCP_ACK),
+            "SYN-ACK",
+        ),
+        (false, tcp_frame(POD, PEER, 40000, 80, TCP_ACK), "ACK"),
+        (
+            false,
+            tcp_frame_with_ip_options(POD, PEER, 40000, 80, TCP_ACK),
+            "ACK with IP options",
+        ),
+        (
+            true,
+            tcp_frame_with_ip_options(PEER, POD, 80, 40000, TCP_ACK),
+            "reply with IP options",
+        ),
+        (
+            true,
+            tcp_frame(PEER, POD, 80, 40000, TCP_ACK | TCP_PSH),
+            "reply",
+        ),
+    ];
+    for (reply, frame, what) in &steps {
+        if *reply {
+            assert_eq!(dp.ingress(frame), PASS, "{what}");
+            rev = (rev.0 + 1, rev.1 + frame.len() as u64);
+        } else {
+            assert_eq!(dp.egress(frame), PASS, "{what}");
+            fwd = (fwd.0 + 1, fwd.1 + frame.len() as u64);
+        }
+        check(&dp, fwd, rev, what);
+    }
+    assert!(dp.events().is_empty(), "nothing is due within the interval");
+    let e = dp.ct(&key).unwrap();
+    assert_eq!(e.fwd_tcp_flags, TCP_SYN | TCP_ACK);
+    assert_eq!(e.rev_tcp_flags, TCP_SYN | TCP_ACK | TCP_PSH);
+
+    // A due report: the packet is reported once and counted once.
+    let mut e = dp.ct(&key).unwrap();
+    e.last_report = e.created.saturating_sub(10);
+    dp.set_ct(&key, &e);
+    let ack = tcp_frame(POD, PEER, 40000, 80, TCP_ACK);
+    assert_eq!(dp.egress(&ack), PASS);
+    fwd = (fwd.0 + 1, fwd.1 + ack.len() as u64);
+    check(&dp, fwd, rev, "a reported ACK");
+    let events = dp.events();
+    assert_eq!(
+        kinds(&events),
+        [(abi::EVENT_TRACE, abi::VERDICT_FORWARDED, 0)]
+    );
+    assert_eq!(events[0].ct_status, abi::CT_ESTABLISHED);
+
+    // UDP both ways, after the first datagram created the entry.
+    dp.allow(EGRESS, PEER_ID, IPPROTO_UDP, 53, 1);
+    let ukey = ct_key(POD, PEER, 5353, 53, IPPROTO_UDP, EGRESS);
+    let query = udp_frame(POD, PEER, 5353, 53, 30);
+    let answer = udp_frame(PEER, POD, 53, 5353, 90);
+    for _ in 0..3 {
+        assert_eq!(dp.egress(&query), PASS);
+        assert_eq!(dp.ingress(&answer), PASS);
+    }
+    let e = dp.ct(&ukey).unwrap();
+    assert_eq!(
+        (e.fwd_packets, e.fwd_bytes, e.rev_packets, e.rev_bytes),
+        (3, 3 * query.len() as u64, 3, 3 * answer.len() as u64)
+    );
+    assert_ne!(e.flags & CT_F_SEEN_REPLY, 0);
+}
+
+#[test]
+fn a_config_change_reaches_the_next_tracked_packet() {
+    let Some(mut dp) = Dp::load("a_config_change_reaches_the_next_tracked_packet") else {
+        return;
+    };
+    dp.endpoint(0);
+    let key = ct_key(POD, PEER, 40000, 80, IPPROTO_TCP, EGRESS);
+    let near = |value: u32, expected: u32| value >= expected && value <= expected + 2;
+    assert_eq!(dp.egress(&tcp_frame(POD, PEER, 40000, 80, TCP_SYN)), PASS);
+    assert_eq!(
+        dp.ingress(&tcp_frame(PEER, POD, 80, 40000, TCP_SYN | TCP_ACK)),
+        PASS
+    );
+    let ack = tcp_frame(POD, PEER, 40000, 80, TCP_ACK);
+    for established in [1000, 2000, 0] {
+        dp.config(&DatapathConfig {
+            ct_tcp_established_timeout: established,
+            ..DatapathConfig::default()
+        });
+        assert_eq!(dp.egress(&ack), PASS);
+        let e = dp.ct(&key).unwrap();
+        let expected = if established == 0 { 21600 } else { established };
+        assert!(near(lifetime(&e), expected), "{established}: {e:?}");
+    }
+    // The report interval too: with the last report 1 s before the
+    // connection was created, an interval of 1 s makes the next packet's
+    // report due; with the default 5 s, a report at creation is not.
+    assert_eq!(dp.events().len(), 1, "the new connection's trace");
+    for (interval, back, reports) in [(0, 0, 0), (1, 1, 1)] {
+        dp.config(&DatapathConfig {
+            flow_report_interval: interval,
+            ..DatapathConfig::default()
+        });
+        let mut e = dp.ct(&key).unwrap();
+        e.last_report = e.created.saturating_sub(back);
+        dp.set_ct(&key, &e);
+        assert_eq!(dp.egress(&ack), PASS);
+        assert_eq!(dp.events().len(), reports, "interval {interval}");
+    }
+}
+
 #[test]
 fn the_established_path_is_cheap() {
     let Some(mut dp) = Dp::load("the_established_path_is_cheap") else {
