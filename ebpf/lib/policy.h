@@ -2,6 +2,8 @@
 /*
  * policy.h - per-endpoint, per-direction policy: peer identity (or any),
  * protocol (or any), port prefix (or any) -> allow / deny / redirect.
+ * Two maps hold the entries: exact ports (prefixlen 96) in the hash
+ * mbr_policy_exact, every shorter prefix in the LPM trie mbr_policy.
  * Lookup order and combination: ebpf/README.md, "Policy".
  * Rust twins: crates/datapath/src/maps/policy.rs.
  */
@@ -51,6 +53,17 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } mbr_policy SEC(".maps");
 
+/* The entries whose key is full length (prefixlen MBR_POLICY_PREFIX_FULL):
+ * the common case (one port). A hash lookup costs the same at any size,
+ * while the trie's grows with its entries; inserts are several times faster
+ * too. Preallocated: inserts never allocate, and 64k entries are a few MiB. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+	__uint(max_entries, MBR_POLICY_MAX);
+} mbr_policy_exact SEC(".maps");
+
 /* The outcome of a policy decision. */
 struct policy_result {
 	__u8  action;             /* MBR_POLICY_ALLOW / _DENY / _REDIRECT, 0 = nothing matched */
@@ -67,10 +80,28 @@ static __always_inline void policy_take(struct policy_result *r, const struct po
 }
 
 /*
+ * The entry that decides for one identity: the most specific stored prefix of
+ * the full-length `key`. A full-length entry is always the longest prefix, so
+ * an exact hit decides without the trie; a miss falls through to the trie
+ * (which may also hold a full-length key written by an older build).
+ * Both lookups stay direct calls on a constant map (the verifier inlines the
+ * hash lookup): they are sequential, never alternatives clang could merge into
+ * one call site on a selected map pointer (see ct_map_lookup).
+ */
+static __always_inline const struct policy_entry *policy_lookup(const struct policy_key *key)
+{
+	const struct policy_entry *e = bpf_map_lookup_elem(&mbr_policy_exact, key);
+
+	if (e)
+		return e;
+	return bpf_map_lookup_elem(&mbr_policy, key);
+}
+
+/*
  * Decides a new connection of endpoint `ep_id` in `direction` with a peer of
  * identity `peer`, protocol `proto` and policy port `port` (network order;
- * the ICMP type for ICMP). Two longest-prefix lookups, the peer's identity
- * then "any peer" (0), combined as deny > redirect (peer-specific first) >
+ * the ICMP type for ICMP). Two longest-prefix lookups (policy_lookup), the
+ * peer's identity then "any peer" (0), combined as deny > redirect (peer-specific first) >
  * allow > nothing (default deny). A deny from the first lookup decides
  * without the second.
  */
@@ -94,12 +125,12 @@ static __always_inline void policy_decide(__u16 ep_id, __u8 direction, __u32 pee
 	r->proxy_port = 0;
 	r->cookie = 0;
 
-	specific = bpf_map_lookup_elem(&mbr_policy, &key);
+	specific = policy_lookup(&key);
 	if (specific && specific->action == MBR_POLICY_DENY)
 		goto deny_specific;
 	if (peer != MBR_ID_UNKNOWN) {
 		key.identity = MBR_ID_UNKNOWN;
-		any = bpf_map_lookup_elem(&mbr_policy, &key);
+		any = policy_lookup(&key);
 		if (any && any->action == MBR_POLICY_DENY) {
 			policy_take(r, any);
 			r->drop_reason = MBR_DROP_POLICY_DENY;

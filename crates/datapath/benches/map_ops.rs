@@ -1,5 +1,5 @@
 //! Batch vs. per-entry map operations on a conntrack table (LRU hash) and the
-//! policy map (LPM trie), 10k to 1M entries, in entries per second.
+//! policy maps (exact-entry hash, LPM trie), 10k to 1M entries, in entries per second.
 //!
 //! `cargo bench -p membrane-datapath --bench map_ops` (root; real BPF maps,
 //! created for the run and gone after it).
@@ -10,7 +10,7 @@ use aya::{maps::MapData, Pod};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use membrane_datapath::{
     batch::{BatchMap, BatchOp},
-    benchkit::{create_bench_map, ct_entries, policy_entries, MapKind},
+    benchkit::{create_bench_map, ct_entries, policy_entries, policy_trie_entries, MapKind},
 };
 
 const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
@@ -82,6 +82,8 @@ fn map_ops(c: &mut Criterion) {
         run_kind(c, MapKind::Ct, n, &k, &v);
         let (k, v) = policy_entries(n);
         run_kind(c, MapKind::Policy, n, &k, &v);
+        let (k, v) = policy_trie_entries(n);
+        run_kind(c, MapKind::PolicyTrie, n, &k, &v);
     }
 }
 

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         } else {
             &[10_000, 100_000, 1_000_000]
         };
-        for kind in [MapKind::Ct, MapKind::Policy] {
+        for kind in [MapKind::Ct, MapKind::Policy, MapKind::PolicyTrie] {
             for &n in sizes {
                 eprintln!("bench_json: map ops {} n={n}", kind.as_str());
                 match measure_map_ops(kind, n) {

@@ -25,12 +25,17 @@ use crate::{
         conntrack::{CtEntry, CtKey, CtMap, CtTable, DIR_EGRESS},
         endpoint::{EndpointInfo, EP_F_EGRESS_ENFORCED},
         ipcache::{IpcacheEntry, IpcacheKey},
-        policy::{PolicyEntry, PolicyKey, POLICY_ALLOW, PREFIX_FULL},
+        policy::{
+            PolicyEntry, PolicyKey, PolicyMap, EXACT_MAP_NAME, MAP_NAME as POLICY_TRIE_NAME,
+            POLICY_ALLOW, PREFIX_ANY_PORT, PREFIX_ANY_PROTO, PREFIX_FULL,
+        },
     },
     objects,
     testrun::Harness,
 };
 
+/// `BPF_MAP_TYPE_HASH`.
+pub const HASH: u32 = 1;
 /// `BPF_MAP_TYPE_LRU_HASH`.
 pub const LRU_HASH: u32 = 9;
 /// `BPF_MAP_TYPE_LPM_TRIE`.
@@ -183,6 +188,42 @@ pub fn policy_entries(n: usize) -> (Vec<PolicyKey>, Vec<PolicyEntry>) {
     (keys, values)
 }
 
+/// `n` distinct policy entries the trie `mbr_policy` holds: any-protocol,
+/// any-port and port-prefix keys (prefix lengths 64 and 80..=95), one
+/// identity each, spread over endpoints.
+pub fn policy_trie_entries(n: usize) -> (Vec<PolicyKey>, Vec<PolicyEntry>) {
+    let keys = (0..n)
+        .map(|i| {
+            let bits = (i % 17) as u32; // 16: the any-protocol key
+            let (prefixlen, proto, port) = if bits == 16 {
+                (PREFIX_ANY_PROTO, 0, 0)
+            } else {
+                let mask = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
+                (PREFIX_ANY_PORT + bits, 6, (i as u16).wrapping_mul(40_503) & mask)
+            };
+            PolicyKey {
+                prefixlen,
+                ep_id: 2 + (i % 1000) as u16,
+                direction: 1 + (i % 2) as u8,
+                pad0: 0,
+                identity: 10_000 + i as u32,
+                proto,
+                pad1: 0,
+                dport: port.to_be(),
+            }
+        })
+        .collect();
+    let values = (0..n)
+        .map(|i| PolicyEntry {
+            action: POLICY_ALLOW,
+            flags: 0,
+            proxy_port: 0,
+            cookie: i as u32,
+        })
+        .collect();
+    (keys, values)
+}
+
 /// `n` distinct ipcache prefixes: /32s in 100.64.0.0/10 with a /24 every 64.
 pub fn ipcache_entries(n: usize) -> (Vec<IpcacheKey>, Vec<IpcacheEntry>) {
     let keys = (0..n)
@@ -266,8 +307,11 @@ fn inet_checksum(bytes: &[u8]) -> u16 {
 pub enum MapKind {
     /// A conntrack table: LRU hash, `ct_key` -> `ct_entry`.
     Ct,
-    /// The policy map: LPM trie, `policy_key` -> `policy_entry`.
+    /// The policy's exact entries (the common case): `mbr_policy_exact`, a
+    /// preallocated hash, `policy_key` -> `policy_entry`.
     Policy,
+    /// The policy's wildcard and port-range entries: `mbr_policy`, an LPM trie.
+    PolicyTrie,
 }
 
 impl MapKind {
@@ -275,7 +319,8 @@ impl MapKind {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Ct => "ct-lru-hash",
-            Self::Policy => "policy-lpm-trie",
+            Self::Policy => "policy-exact-hash",
+            Self::PolicyTrie => "policy-lpm-trie",
         }
     }
 }
@@ -305,7 +350,8 @@ pub fn create_bench_map(kind: MapKind, n: usize) -> Result<MapData> {
     let max = (n + n / 4 + 1024) as u32;
     match kind {
         MapKind::Ct => create_map("bench_ct", LRU_HASH, 16, 64, max, 0),
-        MapKind::Policy => create_map("bench_policy", LPM_TRIE, 16, 8, max, NO_PREALLOC),
+        MapKind::Policy => create_map("bench_policy", HASH, 16, 8, max, 0),
+        MapKind::PolicyTrie => create_map("bench_policy_trie", LPM_TRIE, 16, 8, max, NO_PREALLOC),
     }
 }
 
@@ -320,6 +366,10 @@ pub fn measure_map_ops(kind: MapKind, n: usize) -> Result<MapOpRates> {
         MapKind::Policy => {
             let (k, v) = policy_entries(n);
             measure_typed(create_bench_map(kind, n)?, "bench_policy", &k, &v)
+        }
+        MapKind::PolicyTrie => {
+            let (k, v) = policy_trie_entries(n);
+            measure_typed(create_bench_map(kind, n)?, "bench_policy_trie", &k, &v)
         }
     }
 }
@@ -720,10 +770,17 @@ impl LxcBench {
         Ok(())
     }
 
-    /// Replaces the policy with `n` entries, the allow of the peer's port included.
+    /// Replaces the policy with `n` entries, the allow of the peer's port
+    /// included, written as the agent writes them (through [`PolicyMap`]).
     pub fn set_policy(&self, n: usize) -> Result<()> {
-        let map = self.map::<PolicyKey, PolicyEntry>("mbr_policy")?;
-        map.clear()?;
+        let ebpf = self.harness.ebpf();
+        let map_of = |name: &str| {
+            ebpf.map(name)
+                .ok_or_else(|| DatapathError::invalid("map", format!("bpf_lxc has no map {name}")))
+        };
+        let map = PolicyMap::from_maps(map_of(EXACT_MAP_NAME)?, map_of(POLICY_TRIE_NAME)?)?;
+        map.exact().clear()?;
+        map.trie().clear()?;
         let (mut keys, mut values) = policy_entries(n.saturating_sub(1));
         keys.push(PolicyKey {
             prefixlen: PREFIX_FULL,
@@ -988,6 +1045,12 @@ mod tests {
         assert_eq!(k.iter().collect::<HashSet<_>>().len(), 100_000);
         let (k, _) = policy_entries(50_000);
         assert_eq!(k.iter().collect::<HashSet<_>>().len(), 50_000);
+        let (k, _) = policy_trie_entries(100_000);
+        assert_eq!(k.iter().collect::<HashSet<_>>().len(), 100_000);
+        for key in &k {
+            key.validate().unwrap();
+            assert!(key.prefixlen < PREFIX_FULL, "a trie entry: {key:?}");
+        }
         let (k, _) = ipcache_entries(500_000);
         assert_eq!(k.iter().collect::<HashSet<_>>().len(), 500_000);
     }

@@ -110,7 +110,7 @@ pub struct MapSizes {
     pub endpoints: Option<u32>,
     /// `mbr_ipcache`.
     pub ipcache: Option<u32>,
-    /// `mbr_policy`.
+    /// `mbr_policy_exact` and `mbr_policy`, each (an entry lives in one of them).
     pub policy: Option<u32>,
     /// `mbr_ct_tcp`.
     pub ct_tcp: Option<u32>,
@@ -144,7 +144,10 @@ impl MapSizes {
         };
         push(&[ep_map::BY_IFINDEX_MAP, ep_map::BY_IP_MAP], self.endpoints)?;
         push(&[maps::ipcache::MAP_NAME], self.ipcache)?;
-        push(&[maps::policy::MAP_NAME], self.policy)?;
+        push(
+            &[maps::policy::EXACT_MAP_NAME, maps::policy::MAP_NAME],
+            self.policy,
+        )?;
         push(&[maps::conntrack::TCP_MAP], self.ct_tcp)?;
         push(&[maps::conntrack::ANY_MAP], self.ct_any)?;
         push(&[maps::metrics::MAP_NAME], self.metrics)?;
@@ -546,9 +549,12 @@ impl Lxc {
         Ipcache::try_from(self.map_mut(maps::ipcache::MAP_NAME)?)
     }
 
-    /// `mbr_policy`, typed.
-    pub fn policy(&mut self) -> Result<PolicyMap<&mut MapData>> {
-        PolicyMap::try_from(self.map_mut(maps::policy::MAP_NAME)?)
+    /// `mbr_policy_exact` and `mbr_policy`, as the pair the datapath reads.
+    pub fn policy(&self) -> Result<PolicyMap<&MapData>> {
+        PolicyMap::from_maps(
+            self.map(maps::policy::EXACT_MAP_NAME)?,
+            self.map(maps::policy::MAP_NAME)?,
+        )
     }
 
     /// `mbr_config`, typed.
@@ -793,12 +799,16 @@ mod tests {
         let opts = MapSizes {
             ct_tcp: Some(16),
             endpoints: Some(8),
+            policy: Some(32),
             ..MapSizes::default()
         }
         .load_options()
         .expect("valid");
         assert!(opts.max_entries.contains(&("mbr_ct_tcp".to_owned(), 16)));
         assert!(opts.max_entries.contains(&("mbr_ep_ip".to_owned(), 8)));
+        // An entry lives in one of the two policy maps: each gets the size.
+        assert!(opts.max_entries.contains(&("mbr_policy".to_owned(), 32)));
+        assert!(opts.max_entries.contains(&("mbr_policy_exact".to_owned(), 32)));
         let err = MapSizes {
             events_bytes: Some(5000),
             ..MapSizes::default()

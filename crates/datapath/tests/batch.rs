@@ -448,7 +448,11 @@ fn typed_wrappers_expose_batch_operations() {
     };
     let h = Harness::load(&BPF_LXC).expect("load bpf_lxc");
     let ebpf = h.ebpf();
-    let policy = PolicyMap::try_from(ebpf.map("mbr_policy").expect("map")).expect("typed");
+    let policy = PolicyMap::from_maps(
+        ebpf.map("mbr_policy_exact").expect("map"),
+        ebpf.map("mbr_policy").expect("map"),
+    )
+    .expect("typed");
     let keys: Vec<PolicyKey> = (0..100u16)
         .map(|p| PolicyKey {
             prefixlen: 96,
@@ -460,8 +464,7 @@ fn typed_wrappers_expose_batch_operations() {
             ..PolicyKey::default()
         })
         .collect();
-    let batch = policy.batch().expect("batch");
-    batch
+    policy
         .update(
             &keys,
             &vec![
@@ -473,7 +476,7 @@ fn typed_wrappers_expose_batch_operations() {
             ],
         )
         .expect("update");
-    assert_eq!(batch.dump().expect("dump").len(), 100);
+    assert_eq!(policy.exact().dump().expect("dump").len(), 100);
     let ipcache = Ipcache::try_from(ebpf.map("mbr_ipcache").expect("map")).expect("typed");
     ipcache
         .batch()

@@ -127,8 +127,14 @@ impl Dp {
             .unwrap();
     }
 
-    fn policy(&mut self) -> PolicyMap<&mut MapData> {
-        PolicyMap::try_from(self.h.ebpf_mut().map_mut("mbr_policy").unwrap()).unwrap()
+    /// Both policy maps, as the agent writes them.
+    fn policy(&self) -> PolicyMap<&MapData> {
+        let ebpf = self.h.ebpf();
+        PolicyMap::from_maps(
+            ebpf.map("mbr_policy_exact").unwrap(),
+            ebpf.map("mbr_policy").unwrap(),
+        )
+        .unwrap()
     }
 
     fn allow(&mut self, dir: TrafficDirection, identity: u32, proto: u8, port: u16, cookie: u32) {
@@ -774,6 +780,171 @@ fn port_ranges_match_exactly_at_their_edges() {
     }
     // Protocol matters: TCP 65535 is still denied.
     assert_eq!(tcp(&mut dp, 65535), DROP);
+}
+
+/// The policy verdict of a new TCP connection from the peer to `port`
+/// (ingress): the program's verdict, the first event's drop reason and the
+/// deciding cookie. Each call uses a fresh source port (a new connection).
+fn ingress_decision(dp: &mut Dp, sport: &mut u16, port: u16) -> (i32, u8, u32) {
+    *sport += 1;
+    let verdict = dp.ingress(&tcp_frame(PEER, POD, *sport, port, TCP_SYN));
+    let events = dp.events();
+    let first = events.first().expect("a policy verdict event");
+    assert_eq!(first.event_type, abi::EVENT_POLICY_VERDICT);
+    (verdict, first.drop_reason, first.policy_cookie)
+}
+
+#[test]
+fn exact_entries_decide_from_the_hash_with_the_trie_semantics() {
+    let Some(mut dp) = Dp::load("exact_entries_decide_from_the_hash_with_the_trie_semantics")
+    else {
+        return;
+    };
+    dp.endpoint(EP_F_INGRESS_ENFORCED);
+    let mut sport = 20000;
+    // An exact allow lands in the hash (not the trie) and allows.
+    let allow = PolicyKey::exact(EP_ID, INGRESS, PEER_ID, IPPROTO_TCP, 80);
+    dp.policy().insert(&allow, &PolicyEntry::allow(1)).unwrap();
+    assert_eq!(dp.policy().exact().dump().unwrap().len(), 1);
+    assert!(dp.policy().trie().dump().unwrap().is_empty());
+    assert_eq!(ingress_decision(&mut dp, &mut sport, 80), (PASS, 0, 1));
+    assert_eq!(
+        ingress_decision(&mut dp, &mut sport, 81),
+        (DROP, abi::DROP_POLICY_DENIED, 0)
+    );
+
+    // The peer's exact deny (hash) beats an any-peer allow (trie).
+    let any_peer = PolicyKey::any_port(EP_ID, INGRESS, 0, IPPROTO_TCP);
+    dp.policy().insert(&any_peer, &PolicyEntry::allow(2)).unwrap();
+    let deny = PolicyKey::exact(EP_ID, INGRESS, PEER_ID, IPPROTO_TCP, 443);
+    dp.policy().insert(&deny, &PolicyEntry::deny(3)).unwrap();
+    assert_eq!(
+        ingress_decision(&mut dp, &mut sport, 443),
+        (DROP, abi::DROP_POLICY_DENY, 3)
+    );
+    assert_eq!(ingress_decision(&mut dp, &mut sport, 444), (PASS, 0, 2));
+
+    // An any-peer exact deny (hash) beats the peer's exact allow (hash).
+    let any_deny = PolicyKey::exact(EP_ID, INGRESS, 0, IPPROTO_TCP, 80);
+    dp.policy().insert(&any_deny, &PolicyEntry::deny(4)).unwrap();
+    assert_eq!(
+        ingress_decision(&mut dp, &mut sport, 80),
+        (DROP, abi::DROP_POLICY_DENY, 4)
+    );
+    dp.policy().remove(&any_deny).unwrap();
+
+    // Within one identity the longest prefix decides, as in one trie: the
+    // peer's any-port deny (trie) does not override its exact allow (hash)...
+    let peer_any_port = PolicyKey::any_port(EP_ID, INGRESS, PEER_ID, IPPROTO_TCP);
+    dp.policy()
+        .insert(&peer_any_port, &PolicyEntry::deny(5))
+        .unwrap();
+    assert_eq!(ingress_decision(&mut dp, &mut sport, 80), (PASS, 0, 1));
+    // ... and denies every other port, over the any-peer allow.
+    assert_eq!(
+        ingress_decision(&mut dp, &mut sport, 8080),
+        (DROP, abi::DROP_POLICY_DENY, 5)
+    );
+}
+
+#[test]
+fn a_range_in_the_trie_keeps_its_edges_next_to_exact_entries() {
+    let Some(mut dp) = Dp::load("a_range_in_the_trie_keeps_its_edges_next_to_exact_entries")
+    else {
+        return;
+    };
+    dp.endpoint(EP_F_INGRESS_ENFORCED);
+    let policy = dp.policy();
+    // 1000..=2000: one exact prefix (2000, the hash) and seven shorter ones (the trie).
+    let n = policy
+        .insert_port_range(
+            EP_ID,
+            INGRESS,
+            PEER_ID,
+            IPPROTO_TCP,
+            (1000, 2000),
+            &PolicyEntry::allow(1),
+        )
+        .unwrap();
+    assert_eq!(n, 8);
+    assert_eq!(policy.exact().dump().unwrap().len(), 1);
+    assert_eq!(policy.trie().dump().unwrap().len(), 7);
+    // An exact deny inside the range and an exact allow outside it.
+    policy
+        .insert(
+            &PolicyKey::exact(EP_ID, INGRESS, PEER_ID, IPPROTO_TCP, 1500),
+            &PolicyEntry::deny(2),
+        )
+        .unwrap();
+    policy
+        .insert(
+            &PolicyKey::exact(EP_ID, INGRESS, PEER_ID, IPPROTO_TCP, 3000),
+            &PolicyEntry::allow(3),
+        )
+        .unwrap();
+    drop(policy);
+    let mut sport = 20000;
+    for (port, expected) in [
+        (999, (DROP, abi::DROP_POLICY_DENIED, 0)),
+        (1000, (PASS, 0, 1)),
+        (1499, (PASS, 0, 1)),
+        (1500, (DROP, abi::DROP_POLICY_DENY, 2)),
+        (1501, (PASS, 0, 1)),
+        (1999, (PASS, 0, 1)),
+        (2000, (PASS, 0, 1)),
+        (2001, (DROP, abi::DROP_POLICY_DENIED, 0)),
+        (3000, (PASS, 0, 3)),
+        (3001, (DROP, abi::DROP_POLICY_DENIED, 0)),
+    ] {
+        assert_eq!(
+            ingress_decision(&mut dp, &mut sport, port),
+            expected,
+            "port {port}"
+        );
+    }
+}
+
+#[test]
+fn a_stale_full_key_in_the_trie_is_shadowed_and_removed_with_the_exact_entry() {
+    let Some(mut dp) =
+        Dp::load("a_stale_full_key_in_the_trie_is_shadowed_and_removed_with_the_exact_entry")
+    else {
+        return;
+    };
+    dp.endpoint(EP_F_INGRESS_ENFORCED);
+    let key = PolicyKey::exact(EP_ID, INGRESS, PEER_ID, IPPROTO_TCP, 80);
+    // What a build without mbr_policy_exact wrote: the full key in the trie.
+    dp.policy()
+        .trie()
+        .update(&[key], &[PolicyEntry::allow(1)])
+        .unwrap();
+    let mut sport = 20000;
+    assert_eq!(
+        ingress_decision(&mut dp, &mut sport, 80),
+        (PASS, 0, 1),
+        "a hash miss falls through to the trie"
+    );
+    // This build writes the same key to the hash, which shadows the trie's.
+    dp.policy().insert(&key, &PolicyEntry::deny(2)).unwrap();
+    assert_eq!(
+        ingress_decision(&mut dp, &mut sport, 80),
+        (DROP, abi::DROP_POLICY_DENY, 2)
+    );
+    assert_eq!(dp.policy().lookup(&key).unwrap(), Some(PolicyEntry::deny(2)));
+    assert_eq!(
+        dp.policy().entries().unwrap(),
+        [(key, PolicyEntry::deny(2))],
+        "one entry per key, the hash's"
+    );
+    // Removing the key removes both copies: nothing allows any more.
+    assert!(dp.policy().remove(&key).unwrap());
+    assert!(dp.policy().exact().dump().unwrap().is_empty());
+    assert!(dp.policy().trie().dump().unwrap().is_empty());
+    assert_eq!(
+        ingress_decision(&mut dp, &mut sport, 80),
+        (DROP, abi::DROP_POLICY_DENIED, 0)
+    );
+    assert!(!dp.policy().remove(&key).unwrap(), "already gone");
 }
 
 fn timeouts() -> DatapathConfig {

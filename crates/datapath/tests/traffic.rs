@@ -436,7 +436,7 @@ impl Lab {
     }
 
     fn policy(&self) -> PolicyMap<aya::maps::MapData> {
-        PolicyMap::from_pin(&self.map_pin("mbr_policy")).expect("pinned policy")
+        PolicyMap::from_pins(&self.pins()).expect("pinned policy")
     }
 
     fn allow(&self, ep_id: u16, dir: TrafficDirection, identity: u32, proto: u8, port: u16) {

@@ -30,7 +30,7 @@ pub struct DatapathMapSizes {
     pub endpoints: Option<u32>,
     /// `mbr_ipcache`.
     pub ipcache: Option<u32>,
-    /// `mbr_policy`.
+    /// `mbr_policy_exact` and `mbr_policy`, each.
     pub policy: Option<u32>,
     /// `mbr_ct_tcp`.
     pub ct_tcp: Option<u32>,

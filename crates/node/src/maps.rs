@@ -563,7 +563,7 @@ pub struct PinMapsOptions {
     pub bpffs_root: Option<String>,
     /// `max_entries` of `mbr_ct_tcp` and `mbr_ct_any` (default: the object's).
     pub ct_entries: Option<u32>,
-    /// `max_entries` of `mbr_policy` (default: the object's).
+    /// `max_entries` of `mbr_policy_exact` and `mbr_policy`, each (default: the object's).
     pub policy_entries: Option<u32>,
 }
 
@@ -589,6 +589,7 @@ impl Task for PinMapsTask {
                 max_entries.push((maps::conntrack::ANY_MAP.to_owned(), n));
             }
             if let Some(n) = self.options.policy_entries {
+                max_entries.push((maps::policy::EXACT_MAP_NAME.to_owned(), n));
                 max_entries.push((maps::policy::MAP_NAME.to_owned(), n));
             }
             // Loading pins every map; the programs are unloaded again when

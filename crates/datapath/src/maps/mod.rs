@@ -37,7 +37,6 @@ pub fn map_bindings() -> Vec<MapBinding> {
     let mut all = vec![
         packet_counter::binding(),
         ipcache::binding(),
-        policy::binding(),
         metrics::binding(),
         config::binding(),
         events::binding(),
@@ -46,6 +45,7 @@ pub fn map_bindings() -> Vec<MapBinding> {
     ];
     all.extend(endpoint::bindings());
     all.extend(conntrack::bindings());
+    all.extend(policy::bindings());
     all
 }
 

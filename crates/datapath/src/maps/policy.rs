@@ -1,28 +1,29 @@
-//! `mbr_policy`: per endpoint and direction, peer identity (or any), protocol
-//! (or any), destination port prefix (or any) -> allow / deny / redirect
-//! (`ebpf/lib/policy.h`; lookup order in `ebpf/README.md`).
+//! `mbr_policy_exact` and `mbr_policy`: per endpoint and direction, peer
+//! identity (or any), protocol (or any), destination port prefix (or any) ->
+//! allow / deny / redirect (`ebpf/lib/policy.h`; lookup order in
+//! `ebpf/README.md`). [`PolicyMap`] is the pair.
 
-use std::borrow::{Borrow, BorrowMut};
+use std::borrow::Borrow;
 
-use aya::maps::{
-    lpm_trie::{Key, LpmTrie},
-    MapData, MapType,
-};
+use aya::maps::{Map, MapData, MapType};
 
-use super::{
-    abi::TrafficDirection,
-    typed::{map_error, optional, removed, typed_wrapper},
-};
+use super::abi::TrafficDirection;
 use crate::{
+    batch::{map_data_of, pod_bytes, BatchMap, DeleteReport},
+    bpffs::PinDir,
     c_struct,
     error::{DatapathError, Result},
     layout::MapBinding,
 };
 
-/// The map's name.
+/// The trie's name: every entry whose key is shorter than [`PREFIX_FULL`].
 pub const MAP_NAME: &str = "mbr_policy";
 /// `BPF_MAP_TYPE_LPM_TRIE`.
 pub const MAP_TYPE: MapType = MapType::LpmTrie;
+/// The hash's name: the entries whose key is full length ([`PREFIX_FULL`]).
+pub const EXACT_MAP_NAME: &str = "mbr_policy_exact";
+/// `BPF_MAP_TYPE_HASH`.
+pub const EXACT_MAP_TYPE: MapType = MapType::Hash;
 
 /// `policy_entry.action`: allow.
 pub const POLICY_ALLOW: u8 = 1;
@@ -75,9 +76,19 @@ c_struct! {
     }
 }
 
-/// The binding for the layout check.
+/// The binding of the trie `mbr_policy`, for the layout check.
 pub fn binding() -> MapBinding {
     MapBinding::new::<PolicyKey, PolicyEntry>(MAP_NAME, MAP_TYPE)
+}
+
+/// The binding of the hash `mbr_policy_exact`, for the layout check.
+pub fn exact_binding() -> MapBinding {
+    MapBinding::new::<PolicyKey, PolicyEntry>(EXACT_MAP_NAME, EXACT_MAP_TYPE)
+}
+
+/// Both maps' bindings.
+pub fn bindings() -> [MapBinding; 2] {
+    [exact_binding(), binding()]
 }
 
 /// The bits of a port that a key of `prefixlen` matches (0..=16), if it is
@@ -312,79 +323,106 @@ pub fn port_range_keys(
         .collect())
 }
 
-/// The part of [`PolicyKey`] after `prefixlen`, as aya's `lpm_trie::Key<K>`
-/// wants it (12 bytes, the trie's data).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct PolicyKeyData {
-    ep_id: u16,
-    direction: u8,
-    pad0: u8,
-    identity: u32,
-    proto: u8,
-    pad1: u8,
-    dport: u16,
+/// Whether `key` belongs in `mbr_policy_exact` (a full-length key) rather
+/// than in the trie `mbr_policy`.
+pub const fn is_exact(key: &PolicyKey) -> bool {
+    key.prefixlen == PREFIX_FULL
 }
 
-// SAFETY: repr(C), integers only, no padding (asserted below).
-unsafe impl aya::Pod for PolicyKeyData {}
+/// The policy as the datapath sees it: `mbr_policy_exact` (hash, full-length
+/// keys) in front of `mbr_policy` (LPM trie, every shorter prefix).
+///
+/// Writes go by prefix length: a full-length key to the hash, any other to
+/// the trie. Removing a full-length key removes it from both maps, because
+/// the trie may still hold one written by an older build (the datapath reads
+/// it only when the hash has no entry for the key, so it stays correct until
+/// then). Reads merge both maps, the hash's entry winning on a duplicate key.
+/// Every operation takes `&self`: the kernel objects are shared anyway, and
+/// both maps can be borrowed together from one owner.
+pub struct PolicyMap<T = MapData> {
+    exact: BatchMap<PolicyKey, PolicyEntry, T>,
+    trie: BatchMap<PolicyKey, PolicyEntry, T>,
+}
 
-const _: () = assert!(std::mem::size_of::<PolicyKeyData>() + 4 == std::mem::size_of::<PolicyKey>());
-
-impl From<&PolicyKey> for Key<PolicyKeyData> {
-    fn from(k: &PolicyKey) -> Self {
-        Key::new(
-            k.prefixlen,
-            PolicyKeyData {
-                ep_id: k.ep_id,
-                direction: k.direction,
-                pad0: k.pad0,
-                identity: k.identity,
-                proto: k.proto,
-                pad1: k.pad1,
-                dport: k.dport,
-            },
-        )
+impl PolicyMap<MapData> {
+    /// Opens both maps pinned in `pins`, checking they are this build's.
+    pub fn from_pins(pins: &PinDir) -> Result<Self> {
+        Ok(Self {
+            exact: BatchMap::open_pinned(&pins.map(EXACT_MAP_NAME), &exact_binding())?,
+            trie: BatchMap::open_pinned(&pins.map(MAP_NAME), &binding())?,
+        })
     }
 }
 
-impl From<Key<PolicyKeyData>> for PolicyKey {
-    fn from(k: Key<PolicyKeyData>) -> Self {
-        let d = k.data();
-        Self {
-            prefixlen: k.prefix_len(),
-            ep_id: d.ep_id,
-            direction: d.direction,
-            pad0: d.pad0,
-            identity: d.identity,
-            proto: d.proto,
-            pad1: d.pad1,
-            dport: d.dport,
-        }
+impl<'a> PolicyMap<&'a MapData> {
+    /// Both maps of a loaded object (or any owner of aya `Map`s).
+    pub fn from_maps(exact: &'a Map, trie: &'a Map) -> Result<Self> {
+        Self::new(map_data_of(exact), map_data_of(trie))
     }
 }
 
-/// Typed `mbr_policy`.
-pub struct PolicyMap<T> {
-    map: LpmTrie<T, PolicyKeyData, PolicyEntry>,
+fn check_type<T: Borrow<MapData>>(
+    map: &BatchMap<PolicyKey, PolicyEntry, T>,
+    binding: &MapBinding,
+) -> Result<()> {
+    let actual = map.raw().map_type();
+    if actual == binding.map_type as u32 {
+        Ok(())
+    } else {
+        Err(DatapathError::invalid(
+            "map types",
+            format!(
+                "map {} has type {actual}, expected {:?}",
+                binding.name, binding.map_type
+            ),
+        ))
+    }
 }
-
-typed_wrapper!(PolicyMap, LpmTrie<PolicyKeyData, PolicyEntry>, MAP_NAME, binding());
 
 impl<T: Borrow<MapData>> PolicyMap<T> {
-    /// What one datapath lookup with `key` finds: the entry of the longest
-    /// stored prefix of `key` (pass an exact key, prefix length 96).
-    pub fn lookup(&self, key: &PolicyKey) -> Result<Option<PolicyEntry>> {
-        optional(self.map.get(&Key::from(key), 0), "look up", MAP_NAME)
+    /// The pair from the two maps' data, checking types and sizes.
+    pub fn new(exact: T, trie: T) -> Result<Self> {
+        let exact = BatchMap::new(exact, EXACT_MAP_NAME)?;
+        let trie = BatchMap::new(trie, MAP_NAME)?;
+        check_type(&exact, &exact_binding())?;
+        check_type(&trie, &binding())?;
+        Ok(Self { exact, trie })
     }
 
-    /// Every entry, sorted by key.
-    pub fn entries(&self) -> Result<Vec<(PolicyKey, PolicyEntry)>> {
-        let mut out = Vec::new();
-        for entry in self.map.iter() {
-            let (key, value) = entry.map_err(|e| map_error("iterate", MAP_NAME, &e))?;
-            out.push((PolicyKey::from(key), value));
+    /// `mbr_policy_exact` alone (full-length keys).
+    pub fn exact(&self) -> &BatchMap<PolicyKey, PolicyEntry, T> {
+        &self.exact
+    }
+
+    /// `mbr_policy` alone (the LPM trie).
+    pub fn trie(&self) -> &BatchMap<PolicyKey, PolicyEntry, T> {
+        &self.trie
+    }
+
+    /// What one datapath lookup with `key` finds: for a full-length key,
+    /// its exact entry, else the trie's longest stored prefix of it; for a
+    /// shorter key, the trie's longest prefix within that length.
+    pub fn lookup(&self, key: &PolicyKey) -> Result<Option<PolicyEntry>> {
+        if is_exact(key) {
+            if let Some(entry) = self.exact.get(key)? {
+                return Ok(Some(entry));
+            }
         }
+        self.trie.get(key)
+    }
+
+    /// Every entry of both maps (the hash's on a duplicate key), sorted by key.
+    pub fn entries(&self) -> Result<Vec<(PolicyKey, PolicyEntry)>> {
+        let exact = self.exact.dump()?;
+        let shadowed: std::collections::HashSet<PolicyKey> =
+            exact.iter().map(|(k, _)| *k).collect();
+        let mut out: Vec<(PolicyKey, PolicyEntry)> = self
+            .trie
+            .dump()?
+            .into_iter()
+            .filter(|(k, _)| !shadowed.contains(k))
+            .collect();
+        out.extend(exact);
         out.sort_by_key(|(k, _)| {
             (
                 k.ep_id,
@@ -397,27 +435,90 @@ impl<T: Borrow<MapData>> PolicyMap<T> {
         });
         Ok(out)
     }
-}
 
-impl<T: BorrowMut<MapData>> PolicyMap<T> {
-    /// Writes (or replaces) one entry.
-    pub fn insert(&mut self, key: &PolicyKey, entry: &PolicyEntry) -> Result<()> {
-        key.validate()?;
-        entry.validate()?;
-        self.map
-            .insert(&Key::from(key), entry, 0)
-            .map_err(|e| map_error("update", MAP_NAME, &e))
+    /// Writes (or replaces) one entry, in the map its prefix length selects.
+    pub fn insert(&self, key: &PolicyKey, entry: &PolicyEntry) -> Result<()> {
+        self.update(std::slice::from_ref(key), std::slice::from_ref(entry))
+            .map(|_| ())
     }
 
-    /// Removes exactly `key`; false if it was not there.
-    pub fn remove(&mut self, key: &PolicyKey) -> Result<bool> {
-        removed(self.map.remove(&Key::from(key)), MAP_NAME)
+    /// Writes `keys[i] -> values[i]`, each in the map its prefix length
+    /// selects, a batch per map. Every key and value is validated before
+    /// anything is written. Returns how many entries were written.
+    pub fn update(&self, keys: &[PolicyKey], values: &[PolicyEntry]) -> Result<usize> {
+        if keys.len() != values.len() {
+            return Err(DatapathError::invalid(
+                "policy update",
+                format!("{} keys but {} values", keys.len(), values.len()),
+            ));
+        }
+        for (key, value) in keys.iter().zip(values) {
+            key.validate()?;
+            value.validate()?;
+        }
+        let (mut exact_k, mut exact_v, mut trie_k, mut trie_v) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (key, value) in keys.iter().zip(values) {
+            if is_exact(key) {
+                exact_k.push(*key);
+                exact_v.push(*value);
+            } else {
+                trie_k.push(*key);
+                trie_v.push(*value);
+            }
+        }
+        let mut written = 0;
+        if !exact_k.is_empty() {
+            written += self.exact.update(&exact_k, &exact_v)?;
+        }
+        if !trie_k.is_empty() {
+            written += self.trie.update(&trie_k, &trie_v)?;
+        }
+        Ok(written)
+    }
+
+    /// Removes exactly `key` (a full-length key from both maps); false if it
+    /// was in neither.
+    pub fn remove(&self, key: &PolicyKey) -> Result<bool> {
+        Ok(self.delete(std::slice::from_ref(key))?.deleted > 0)
+    }
+
+    /// Removes `keys`: full-length keys from both maps, others from the
+    /// trie. A key counts as deleted if either map held it, as missing if
+    /// neither did.
+    pub fn delete(&self, keys: &[PolicyKey]) -> Result<DeleteReport> {
+        let exact: Vec<PolicyKey> = keys.iter().copied().filter(is_exact).collect();
+        let mut report = DeleteReport::default();
+        if !exact.is_empty() {
+            // A full-length key counts once, deleted if either map held it.
+            let mut not_in_hash = vec![false; exact.len()];
+            self.exact
+                .raw()
+                .delete_raw_tracking(pod_bytes(&exact), &mut |i| not_in_hash[i] = true)?;
+            let mut in_neither = 0;
+            self.trie
+                .raw()
+                .delete_raw_tracking(pod_bytes(&exact), &mut |i| {
+                    if not_in_hash[i] {
+                        in_neither += 1;
+                    }
+                })?;
+            report.deleted += exact.len() - in_neither;
+            report.missing += in_neither;
+        }
+        let shorter: Vec<PolicyKey> = keys.iter().copied().filter(|k| !is_exact(k)).collect();
+        if !shorter.is_empty() {
+            let r = self.trie.delete(&shorter)?;
+            report.deleted += r.deleted;
+            report.missing += r.missing;
+        }
+        Ok(report)
     }
 
     /// Writes `entry` for the ports `lo..=hi` of `proto` as their minimal set
     /// of prefixes; returns how many keys were written.
     pub fn insert_port_range(
-        &mut self,
+        &self,
         ep_id: u16,
         direction: TrafficDirection,
         identity: u32,
@@ -426,28 +527,18 @@ impl<T: BorrowMut<MapData>> PolicyMap<T> {
         entry: &PolicyEntry,
     ) -> Result<usize> {
         let keys = port_range_keys(ep_id, direction, identity, proto, lo, hi)?;
-        for key in &keys {
-            self.insert(key, entry)?;
-        }
-        Ok(keys.len())
+        self.update(&keys, &vec![*entry; keys.len()])
     }
 
-    /// Removes every entry of endpoint `ep_id`; returns how many.
-    pub fn remove_endpoint(&mut self, ep_id: u16) -> Result<usize> {
-        let mut keys = Vec::new();
-        for key in self.map.keys() {
-            let key = key.map_err(|e| map_error("iterate", MAP_NAME, &e))?;
-            if key.data().ep_id == ep_id {
-                keys.push(key);
-            }
-        }
-        let mut n = 0;
-        for key in &keys {
-            if removed(self.map.remove(key), MAP_NAME)? {
-                n += 1;
-            }
-        }
-        Ok(n)
+    /// Removes every entry of endpoint `ep_id` from both maps; returns how many keys.
+    pub fn remove_endpoint(&self, ep_id: u16) -> Result<usize> {
+        let keys: Vec<PolicyKey> = self
+            .entries()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.ep_id == ep_id)
+            .collect();
+        Ok(self.delete(&keys)?.deleted)
     }
 }
 
@@ -548,19 +639,5 @@ mod tests {
         bad = PolicyKey::exact(0, dir, 1, IPPROTO_TCP, 1);
         assert!(bad.validate().is_err());
         assert!(PolicyEntry::redirect(0, 1).validate().is_err());
-    }
-}
-
-// ---- Batch operations (crates/datapath/src/batch.rs) ----------------------------
-
-impl<T: std::borrow::Borrow<aya::maps::MapData>> PolicyMap<T> {
-    /// The same map with batch operations: many entries per syscall
-    /// (`BatchMap::update`, `delete`, `lookup`, `dump`, `for_each_chunk`).
-    pub fn batch(
-        &self,
-    ) -> crate::error::Result<crate::batch::BatchMap<PolicyKey, PolicyEntry, &aya::maps::MapData>>
-    {
-        use aya::maps::IterableMap as _;
-        crate::batch::BatchMap::new(self.map.map(), MAP_NAME)
     }
 }
