@@ -45,7 +45,7 @@ async function pinned(t: ExecutionContext, options: { ctEntries?: number } = {})
   const pinDir = `/sys/fs/bpf/membrane-test-${process.pid}-batch${seq++}`;
   t.teardown(() => rmSync(pinDir, { recursive: true, force: true }));
   const maps = await native.testOnlyPinDatapathMaps({ pinDir, ...options });
-  t.true(maps.includes('mbr_policy') && maps.includes('mbr_ct_tcp') && maps.includes('mbr_events'), maps.join(','));
+  t.true(maps.includes('mbr_policy') && maps.includes('mbr_policy_exact') && maps.includes('mbr_ct_tcp') && maps.includes('mbr_events'), maps.join(','));
   return pinDir;
 }
 
@@ -93,6 +93,38 @@ test.serial('policy, ipcache and endpoints: batch update, lookup, dump, delete r
   t.is((await endpointsByIp(pinDir).delete(['10.250.0.1', '10.250.0.9'])).missing, 1);
 });
 
+test.serial('policy pair: a mixed batch lands by prefix length, dumps merge, deletes remove both copies', async (t) => {
+  const pinDir = await pinned(t);
+  const policy = policyMap(pinDir);
+  const k = (prefixLen: number, dport: number, proto = 6): PolicyKey => ({ prefixLen, epId: 3, direction: 2, identity: 42, proto, dport });
+  const exactKeys = [k(96, 80), k(96, 443), k(96, 8, 1)];
+  const trieKeys = [k(64, 0, 0), k(80, 0, 17), k(86, 1024), k(95, 2000)];
+  const mixed = [trieKeys[0]!, exactKeys[0]!, trieKeys[1]!, exactKeys[1]!, trieKeys[2]!, exactKeys[2]!, trieKeys[3]!];
+  const w = await policy.updateMany(mixed, mixed.map((key) => ({ action: 1, cookie: key.dport + key.prefixLen })));
+  t.is(w.written, mixed.length);
+  const ids = (entries: Array<[PolicyKey, unknown]>): string[] => entries.map(([key]) => `${key.prefixLen}/${key.proto}/${key.dport}`).sort();
+  t.deepEqual(ids(await policy.exact.dump()), ids(exactKeys.map((key) => [key, 0])));
+  t.deepEqual(ids(await policy.trie.dump()), ids(trieKeys.map((key) => [key, 0])));
+  t.deepEqual(ids(await policy.dump()), ids(mixed.map((key) => [key, 0])));
+  // Lookups see what the datapath sees: a full key inside a trie prefix finds the prefix.
+  const [hit, inPrefix, none] = await policy.lookup([k(96, 443), k(96, 1030), k(96, 5000)]);
+  t.is(hit?.cookie, 443 + 96);
+  t.is(inPrefix?.cookie, 1024 + 86);
+  t.is(none?.cookie, 64, 'the any-protocol entry covers every port');
+
+  // A full key left in the trie by an older build: shadowed in dumps by the hash's entry.
+  await policy.trie.update([[exactKeys[0]!, { action: 2, cookie: 1 }], [k(96, 9999), { action: 1, cookie: 2 }]]);
+  const dumped = await policy.dump();
+  t.is(dumped.length, mixed.length + 1);
+  t.is(dumped.find(([key]) => key.prefixLen === 96 && key.dport === 80)?.[1].cookie, 80 + 96, 'the hash wins');
+  t.is(dumped.find(([key]) => key.dport === 9999)?.[1].cookie, 2);
+  // Deleting through the pair removes both copies; each key counts once.
+  const del = await policy.delete([exactKeys[0]!, k(96, 9999), trieKeys[2]!, k(96, 7)]);
+  t.deepEqual([del.deleted, del.missing], [3, 1]);
+  t.is((await policy.trie.dump()).filter(([key]) => key.prefixLen === 96).length, 0);
+  t.deepEqual(ids(await policy.dump()), ids([...exactKeys.slice(1), trieKeys[0]!, trieKeys[1]!, trieKeys[3]!].map((key) => [key, 0])));
+});
+
 test.serial('errors name the map, the operation and the errno; partial batches say how far they got', async (t) => {
   const pinDir = await pinned(t);
   // A policy key with a prefix beyond the trie's 96 bits, packed by hand.
@@ -100,7 +132,17 @@ test.serial('errors name the map, the operation and the errno; partial batches s
   const keys = Buffer.concat([packAll(policyKeyCodec, [good, { ...good, dport: 81 }]), packAll(policyKeyCodec, [{ ...good, dport: 82 }])]);
   keys.writeUInt32LE(200, 32); // third key: prefixlen 200
   const values = Buffer.alloc(3 * 8, 1);
-  const err = await t.throwsAsync<DatapathError>(policyMap(pinDir).updatePacked(keys, values));
+  // The policy pair refuses the batch before writing anything...
+  const policy = policyMap(pinDir);
+  const refused = await t.throwsAsync(policy.updatePacked(keys, values));
+  t.true(refused instanceof RangeError, String(refused));
+  t.regex(refused?.message ?? '', /key 2 has prefixLen 200/);
+  t.deepEqual(await policy.dump(), []);
+  // ... while the addon writes what it can into one map and says how far it got.
+  const trieKeys = Buffer.from(keys);
+  for (let i = 0; i < 2; i++) trieKeys.writeUInt32LE(80, i * 16); // valid trie keys (any port)...
+  for (let i = 0; i < 2; i++) trieKeys.writeUInt16BE(0, i * 16 + 14); // ... with no port bits
+  const err = await t.throwsAsync<DatapathError>(policy.trie.updatePacked(trieKeys, values));
   t.true(isDatapathError(err, 'EINVAL'), String(err));
   t.is(err?.errno, 22);
   t.regex(err?.op ?? '', /update/);

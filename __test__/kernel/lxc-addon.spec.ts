@@ -131,6 +131,7 @@ test.serial('endpoints are default-deny until policy allows ICMP; open adopts; d
   const sizes = new Map(opened.maps.map((m) => [m.name, m.maxEntries]));
   t.is(sizes.get('mbr_ct_tcp'), 4096);
   t.is(sizes.get('mbr_policy'), 1024);
+  t.is(sizes.get('mbr_policy_exact'), 1024, 'the policy size applies to both policy maps');
   t.true(sizes.has('mbr_ipcache') && sizes.has('mbr_ep_ifindex'), [...sizes.keys()].join(','));
 
   const idA = 10_001;

@@ -4,7 +4,7 @@
  * holds (values are normalised through their codec, so a desired value with
  * omitted defaults equals the one read back).
  */
-import { endpointsByIfindex, endpointsByIp, ipcacheMap, policyMap, type PinnedMap } from '../datapath/maps.js';
+import { endpointsByIfindex, endpointsByIp, ipcacheMap, policyMap, type TypedMap } from '../datapath/maps.js';
 import type { EndpointInfo, IpcacheEntry, IpcacheKey, PolicyEntry, PolicyKey, StructCodec } from '../datapath/codecs.js';
 import { plainEqual } from '../reconcile/diff.js';
 import type { MapBackend } from '../reconcile/reconciler.js';
@@ -28,7 +28,7 @@ export function normaliser<V>(codec: StructCodec<V>): (value: V) => V {
   };
 }
 
-function backendOf<K, V>(map: PinnedMap<K, V>): MapBackend<K, V> {
+function backendOf<K, V>(map: TypedMap<K, V>): MapBackend<K, V> {
   return {
     name: map.name,
     dump: () => map.dump(),
@@ -41,7 +41,7 @@ function backendOf<K, V>(map: PinnedMap<K, V>): MapBackend<K, V> {
   };
 }
 
-function spec<K, V>(map: PinnedMap<K, V>, keyId: (k: K) => string): MapSpec<K, V> {
+function spec<K, V>(map: TypedMap<K, V>, keyId: (k: K) => string): MapSpec<K, V> {
   return { backend: backendOf(map), keyId, equal: plainEqual, normalise: normaliser(map.valueCodec) };
 }
 

@@ -19,7 +19,7 @@ import type { BenchContext, BenchGroup } from '../bench/groups.js';
 import { result, type BenchResult } from '../bench/results.js';
 import { ctEntryCodec, ctKeyCodec, ipcacheEntryCodec, ipcacheKeyCodec, packAll, policyEntryCodec, policyKeyCodec, type CtEntry, type CtKey, type IpcacheEntry, type IpcacheKey, type PolicyEntry, type PolicyKey, type StructCodec } from './codecs.js';
 import { expandFlows, FlowCursor } from './flows.js';
-import { ctMap, ipcacheMap, policyMap, type PinnedMap } from './maps.js';
+import { ctMap, ipcacheMap, policyMap, type TypedMap } from './maps.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -62,6 +62,19 @@ function policyContent(n: number): { keys: PolicyKey[]; values: PolicyEntry[] } 
   return { keys, values };
 }
 
+/** Wildcard and port-prefix keys (prefixLen 64, 80..95): the entries the trie holds. */
+function policyTrieContent(n: number): { keys: PolicyKey[]; values: PolicyEntry[] } {
+  const keys: PolicyKey[] = new Array(n);
+  const values: PolicyEntry[] = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const bits = i % 17;
+    const key = { epId: 1 + (i % 1000), direction: 1 + (i % 2), identity: 10_000 + i };
+    keys[i] = bits === 16 ? { ...key, prefixLen: 64, proto: 0, dport: 0 } : { ...key, prefixLen: 80 + bits, proto: 6, dport: ((i * 40_503) & 0xffff) & ((0xffff << (16 - bits)) & 0xffff) };
+    values[i] = { action: 1, cookie: i };
+  }
+  return { keys, values };
+}
+
 function ipcacheContent(n: number): { keys: IpcacheKey[]; values: IpcacheEntry[] } {
   const keys: IpcacheKey[] = new Array(n);
   const values: IpcacheEntry[] = new Array(n);
@@ -73,7 +86,7 @@ function ipcacheContent(n: number): { keys: IpcacheKey[]; values: IpcacheEntry[]
 }
 
 /** Writes `keys`/`values` as plain objects through the addon; entries/s vs the Rust side. */
-async function writeBench<K, V>(name: string, map: PinnedMap<K, V>, kc: StructCodec<K>, vc: StructCodec<V>, keys: K[], values: V[]): Promise<BenchResult[]> {
+async function writeBench<K, V>(name: string, map: TypedMap<K, V>, kc: StructCodec<K>, vc: StructCodec<V>, keys: K[], values: V[]): Promise<BenchResult[]> {
   const n = keys.length;
   const t0 = process.hrtime.bigint();
   const packedKeys = packAll(kc, keys);
@@ -103,13 +116,17 @@ async function addonBenches(ctx: BenchContext): Promise<BenchResult[]> {
   try {
     await native.testOnlyPinDatapathMaps({ pinDir, ctEntries: 1_300_000, policyEntries: 131_072 });
     const now = native.monotonicSeconds();
-    ctx.log.info('addon batch writes: CT 1M, ipcache 500k, policy 100k');
+    ctx.log.info('addon batch writes: CT 1M, ipcache 500k, policy 100k exact + 100k prefixes');
     const ct = ctContent(1_000_000, now);
     out.push(...(await writeBench('ct-lru-hash', ctMap(pinDir, 'tcp'), ctKeyCodec, ctEntryCodec, ct.keys, ct.values)));
     const ipc = ipcacheContent(500_000);
     out.push(...(await writeBench('ipcache-lpm-trie', ipcacheMap(pinDir), ipcacheKeyCodec, ipcacheEntryCodec, ipc.keys, ipc.values)));
+    // Through the policy pair, as the agent writes: exact ports land in the hash,
+    // wildcards and port prefixes in the trie.
     const pol = policyContent(100_000);
-    out.push(...(await writeBench('policy-lpm-trie', policyMap(pinDir), policyKeyCodec, policyEntryCodec, pol.keys, pol.values)));
+    out.push(...(await writeBench('policy-exact-hash', policyMap(pinDir), policyKeyCodec, policyEntryCodec, pol.keys, pol.values)));
+    const polTrie = policyTrieContent(100_000);
+    out.push(...(await writeBench('policy-lpm-trie', policyMap(pinDir), policyKeyCodec, policyEntryCodec, polTrie.keys, polTrie.values)));
 
     ctx.log.info('flows: 1M synthetic flow_event records decoded in Rust, delivered, expanded');
     const total = 1_000_000;
@@ -153,7 +170,7 @@ async function addonBenches(ctx: BenchContext): Promise<BenchResult[]> {
 export const DATAPATH_BENCH_GROUPS: BenchGroup[] = [
   {
     name: 'datapath',
-    description: 'Rust: batch vs per-entry map ops (CT LRU hash, policy LPM trie, 10k..1M), CT GC of 1M entries, ns/packet of bpf_lxc vs the empty program',
+    description: 'Rust: batch vs per-entry map ops (CT LRU hash, policy exact hash and LPM trie, 10k..1M), CT GC of 1M entries, ns/packet of bpf_lxc vs the empty program',
     run: async (ctx) => runRustBenches(ctx, []),
   },
   {

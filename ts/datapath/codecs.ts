@@ -502,6 +502,7 @@ export const MAP_CODECS = {
   mbr_ep_ip: { key: ipv4KeyCodec, value: endpointInfoCodec },
   mbr_ipcache: { key: ipcacheKeyCodec, value: ipcacheEntryCodec },
   mbr_policy: { key: policyKeyCodec, value: policyEntryCodec },
+  mbr_policy_exact: { key: policyKeyCodec, value: policyEntryCodec },
   mbr_ct_tcp: { key: ctKeyCodec, value: ctEntryCodec },
   mbr_ct_any: { key: ctKeyCodec, value: ctEntryCodec },
   mbr_metrics: { key: metricsIndexCodec, value: metricsValueCodec },

@@ -16,6 +16,8 @@ import {
   metricsIndexCodec,
   metricsValueCodec,
   packAll,
+  policyEntryCodec,
+  policyKeyCodec,
   unpackAll,
   type CtEntry,
   type CtKey,
@@ -56,8 +58,26 @@ export interface DeleteResult {
   elapsedNs: number;
 }
 
+/**
+ * Typed batch access to one logical map of the datapath: a PinnedMap, or the policy
+ * pair (PolicyMaps). What the reconcilers, the API and the benchmarks use.
+ */
+export interface TypedMap<K, V> {
+  readonly name: string;
+  readonly keyCodec: StructCodec<K>;
+  readonly valueCodec: StructCodec<V>;
+  update(entries: ReadonlyArray<readonly [K, V]>, mode?: UpdateMode): Promise<WriteResult>;
+  updateMany(keys: readonly K[], values: readonly V[], mode?: UpdateMode): Promise<WriteResult>;
+  updatePacked(keys: Buffer, values: Buffer, mode?: UpdateMode): Promise<WriteResult>;
+  delete(keys: readonly K[]): Promise<DeleteResult>;
+  deletePacked(keys: Buffer): Promise<DeleteResult>;
+  lookup(keys: readonly K[]): Promise<Array<V | undefined>>;
+  dump(): Promise<Array<[K, V]>>;
+  dumpPacked(): Promise<native.MapDumpResult>;
+}
+
 /** A pinned map of the datapath with typed batch operations. */
-export class PinnedMap<K, V> {
+export class PinnedMap<K, V> implements TypedMap<K, V> {
   readonly target: MapTarget;
 
   constructor(
@@ -129,8 +149,181 @@ function typed<N extends DatapathMapName>(pinDir: string, name: N, bpffsRoot?: s
   return new PinnedMap(pinDir, name, c.key, c.value, bpffsRoot);
 }
 
-/** `mbr_policy`. */
-export const policyMap = (pinDir: string, bpffsRoot?: string): PinnedMap<PolicyKey, PolicyEntry> => typed(pinDir, 'mbr_policy', bpffsRoot);
+/** prefixLen of a full-length policy key: an exact port, kept in `mbr_policy_exact`. */
+export const POLICY_PREFIX_FULL = 96;
+const POLICY_KEY_SIZE = policyKeyCodec.size;
+const POLICY_VALUE_SIZE = policyEntryCodec.size;
+
+/** The packed policy key at index `i` as a string (for set membership). */
+const packedKeyId = (keys: Buffer, i: number): string => keys.toString('latin1', i * POLICY_KEY_SIZE, (i + 1) * POLICY_KEY_SIZE);
+const packedPrefixLen = (keys: Buffer, i: number): number => keys.readUInt32LE(i * POLICY_KEY_SIZE);
+
+/** The entries at `indexes` of packed parallel arrays. */
+function pick(buf: Buffer, size: number, indexes: readonly number[]): Buffer {
+  const out = Buffer.allocUnsafe(indexes.length * size);
+  indexes.forEach((idx, j) => buf.copy(out, j * size, idx * size, (idx + 1) * size));
+  return out;
+}
+
+/**
+ * The policy as the datapath reads it: `mbr_policy_exact` (hash, full-length keys:
+ * exact ports) in front of `mbr_policy` (LPM trie, every shorter prefix); see
+ * ebpf/README.md, "Policy". Writes go to the map the key's prefixLen selects;
+ * deleting a full-length key also deletes it from the trie, where a build without the
+ * hash may have left it (the datapath reads it only while the hash has no entry for
+ * that key); reads merge both maps, the hash's entry winning on a duplicate key.
+ */
+export class PolicyMaps implements TypedMap<PolicyKey, PolicyEntry> {
+  readonly name = 'mbr_policy_exact+mbr_policy';
+  readonly keyCodec = policyKeyCodec;
+  readonly valueCodec = policyEntryCodec;
+  readonly exact: PinnedMap<PolicyKey, PolicyEntry>;
+  readonly trie: PinnedMap<PolicyKey, PolicyEntry>;
+
+  constructor(pinDir: string, bpffsRoot?: string) {
+    this.exact = typed(pinDir, 'mbr_policy_exact', bpffsRoot);
+    this.trie = typed(pinDir, 'mbr_policy', bpffsRoot);
+  }
+
+  update(entries: ReadonlyArray<readonly [PolicyKey, PolicyEntry]>, mode: UpdateMode = 'any'): Promise<WriteResult> {
+    try {
+      return this.updatePacked(packAll(this.keyCodec, entries.map((e) => e[0])), packAll(this.valueCodec, entries.map((e) => e[1])), mode);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  updateMany(keys: readonly PolicyKey[], values: readonly PolicyEntry[], mode: UpdateMode = 'any'): Promise<WriteResult> {
+    if (keys.length !== values.length) {
+      return Promise.reject(new RangeError(`map ${this.name}: ${keys.length} keys but ${values.length} values`));
+    }
+    try {
+      return this.updatePacked(packAll(this.keyCodec, keys), packAll(this.valueCodec, values), mode);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /** Splits the batch by prefixLen; every key is checked before anything is written. */
+  async updatePacked(keys: Buffer, values: Buffer, mode: UpdateMode = 'any'): Promise<WriteResult> {
+    const n = keys.byteLength / POLICY_KEY_SIZE;
+    if (!Number.isInteger(n) || values.byteLength !== n * POLICY_VALUE_SIZE) {
+      throw new RangeError(`map ${this.name}: ${keys.byteLength} key bytes and ${values.byteLength} value bytes are not whole ${POLICY_KEY_SIZE}/${POLICY_VALUE_SIZE}-byte entries of one count`);
+    }
+    const exact: number[] = [];
+    const shorter: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const len = packedPrefixLen(keys, i);
+      if (len < 64 || len > POLICY_PREFIX_FULL) throw new RangeError(`map ${this.name}: key ${i} has prefixLen ${len}, not 64..${POLICY_PREFIX_FULL}`);
+      (len === POLICY_PREFIX_FULL ? exact : shorter).push(i);
+    }
+    const parts: Array<[PinnedMap<PolicyKey, PolicyEntry>, number[]]> = [
+      [this.exact, exact],
+      [this.trie, shorter],
+    ];
+    let written = 0;
+    let elapsedNs = 0;
+    for (const [map, indexes] of parts) {
+      if (indexes.length === 0) continue;
+      const whole = indexes.length === n;
+      const r = await map.updatePacked(whole ? keys : pick(keys, POLICY_KEY_SIZE, indexes), whole ? values : pick(values, POLICY_VALUE_SIZE, indexes), mode);
+      written += r.written;
+      elapsedNs += r.elapsedNs;
+    }
+    return { written, elapsedNs };
+  }
+
+  delete(keys: readonly PolicyKey[]): Promise<DeleteResult> {
+    try {
+      return this.deletePacked(packAll(this.keyCodec, keys));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  /**
+   * Full-length keys from the hash, and from the trie those it holds; shorter keys
+   * from the trie. A key counts as deleted when either map held it.
+   */
+  async deletePacked(keys: Buffer): Promise<DeleteResult> {
+    const n = keys.byteLength / POLICY_KEY_SIZE;
+    if (!Number.isInteger(n)) throw new RangeError(`map ${this.name}: ${keys.byteLength} key bytes are not whole ${POLICY_KEY_SIZE}-byte keys`);
+    const exact: number[] = [];
+    const shorter: number[] = [];
+    for (let i = 0; i < n; i++) (packedPrefixLen(keys, i) === POLICY_PREFIX_FULL ? exact : shorter).push(i);
+    let deleted = 0;
+    let missing = 0;
+    let elapsedNs = 0;
+    const add = (r: DeleteResult): void => {
+      deleted += r.deleted;
+      missing += r.missing;
+      elapsedNs += r.elapsedNs;
+    };
+    if (exact.length > 0) {
+      // Full-length keys in the trie (left by an older build): few or none, so the
+      // trie is read rather than sent every key.
+      const fullInTrie = new Set<string>();
+      const t = await this.trie.dumpPacked();
+      elapsedNs += t.elapsedNs;
+      for (let i = 0; i < t.count; i++) if (packedPrefixLen(t.keys, i) === POLICY_PREFIX_FULL) fullInTrie.add(packedKeyId(t.keys, i));
+      const stale = exact.filter((i) => fullInTrie.has(packedKeyId(keys, i)));
+      const rest = exact.filter((i) => !fullInTrie.has(packedKeyId(keys, i)));
+      if (rest.length > 0) add(await this.exact.deletePacked(rest.length === n ? keys : pick(keys, POLICY_KEY_SIZE, rest)));
+      if (stale.length > 0) {
+        // Held by the trie, so deleted whatever the hash held.
+        const staleKeys = pick(keys, POLICY_KEY_SIZE, stale);
+        elapsedNs += (await this.exact.deletePacked(staleKeys)).elapsedNs;
+        add(await this.trie.deletePacked(staleKeys));
+      }
+    }
+    if (shorter.length > 0) add(await this.trie.deletePacked(shorter.length === n ? keys : pick(keys, POLICY_KEY_SIZE, shorter)));
+    return { deleted, missing, elapsedNs };
+  }
+
+  /** What the datapath would find for each key: for a full-length key its exact entry, else the trie's longest prefix. */
+  async lookup(keys: readonly PolicyKey[]): Promise<Array<PolicyEntry | undefined>> {
+    const out = new Array<PolicyEntry | undefined>(keys.length);
+    const exactIdx = keys.flatMap((k, i) => (k.prefixLen === POLICY_PREFIX_FULL ? [i] : []));
+    if (exactIdx.length > 0) {
+      const found = await this.exact.lookup(exactIdx.map((i) => keys[i] as PolicyKey));
+      exactIdx.forEach((i, j) => (out[i] = found[j]));
+    }
+    const trieIdx = keys.flatMap((_, i) => (out[i] === undefined ? [i] : []));
+    if (trieIdx.length > 0) {
+      const found = await this.trie.lookup(trieIdx.map((i) => keys[i] as PolicyKey));
+      trieIdx.forEach((i, j) => (out[i] = found[j]));
+    }
+    return out;
+  }
+
+  async dump(): Promise<Array<[PolicyKey, PolicyEntry]>> {
+    const r = await this.dumpPacked();
+    const keys = unpackAll(this.keyCodec, r.keys, r.count, r.keySize);
+    const values = unpackAll(this.valueCodec, r.values, r.count, r.valueStride);
+    return keys.map((k, i) => [k, values[i] as PolicyEntry]);
+  }
+
+  /** Both maps' entries, packed: the hash's, then the trie's whose key the hash does not hold. */
+  async dumpPacked(): Promise<native.MapDumpResult> {
+    const e = await this.exact.dumpPacked();
+    const t = await this.trie.dumpPacked();
+    const inHash = new Set<string>();
+    for (let i = 0; i < e.count; i++) inHash.add(packedKeyId(e.keys, i));
+    const keep: number[] = [];
+    for (let i = 0; i < t.count; i++) if (!inHash.has(packedKeyId(t.keys, i))) keep.push(i);
+    return {
+      keys: Buffer.concat([e.keys.subarray(0, e.count * POLICY_KEY_SIZE), pick(t.keys, t.keySize, keep)]),
+      values: Buffer.concat([e.values.subarray(0, e.count * e.valueStride), pick(t.values, t.valueStride, keep)]),
+      count: e.count + keep.length,
+      keySize: POLICY_KEY_SIZE,
+      valueStride: e.valueStride,
+      elapsedNs: e.elapsedNs + t.elapsedNs,
+    };
+  }
+}
+
+/** The policy: `mbr_policy_exact` in front of `mbr_policy` (PolicyMaps). */
+export const policyMap = (pinDir: string, bpffsRoot?: string): PolicyMaps => new PolicyMaps(pinDir, bpffsRoot);
 /** `mbr_ipcache`. */
 export const ipcacheMap = (pinDir: string, bpffsRoot?: string): PinnedMap<IpcacheKey, IpcacheEntry> => typed(pinDir, 'mbr_ipcache', bpffsRoot);
 /** `mbr_ep_ifindex`: ifindex -> endpoint. */

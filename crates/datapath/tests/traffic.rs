@@ -910,6 +910,17 @@ fn an_upgrade_moves_attachments_to_new_programs_without_a_gap() {
     // and pins it, and the new programs fill it from mbr_ep_ifindex.
     let cache_pin = lab.pins().map("mbr_ep_cache");
     std::fs::remove_file(&cache_pin).expect("unpin mbr_ep_cache");
+    // ... and kept exact-port policy entries in the trie, having no
+    // mbr_policy_exact: the upgrade creates the hash empty, and the new
+    // programs fall through to the trie's full-length keys.
+    let policy = lab.policy();
+    let exact: Vec<_> = policy.exact().dump().expect("dump");
+    assert_eq!(exact.len(), 2, "the lab's two allows");
+    let (keys, values): (Vec<_>, Vec<_>) = exact.into_iter().unzip();
+    policy.trie().update(&keys, &values).expect("old-style write");
+    drop(policy);
+    let exact_pin = lab.pins().map("mbr_policy_exact");
+    std::fs::remove_file(&exact_pin).expect("unpin mbr_policy_exact");
     let old_ids: Vec<u32> = attach::query_tcx(&lab.pods[0].host_iface)
         .expect("query")
         .into_iter()
@@ -951,6 +962,12 @@ fn an_upgrade_moves_attachments_to_new_programs_without_a_gap() {
     let result = lab.next_result(stream, Duration::from_secs(10));
     assert!(result.contains("failed 0"), "{result}");
     assert!(cache_pin.exists(), "the upgrade pinned the new map");
+    assert!(exact_pin.exists(), "the upgrade pinned the new map");
+    assert!(lab.policy().exact().dump().expect("dump").is_empty());
+    assert!(
+        lab.tcp(0, 1, 7100),
+        "a new connection is allowed by the old build's entries in the trie"
+    );
     // A third start adopts the upgraded programs.
     drop(second);
     assert_eq!(Loader::start(&lab, &args).value("outcome"), "adopted");
