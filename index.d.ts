@@ -195,7 +195,7 @@ export interface DatapathMapSizes {
   endpoints?: number
   /** `mbr_ipcache`. */
   ipcache?: number
-  /** `mbr_policy`. */
+  /** `mbr_policy_exact` and `mbr_policy`, each. */
   policy?: number
   /** `mbr_ct_tcp`. */
   ctTcp?: number
@@ -561,7 +561,7 @@ export interface PinMapsOptions {
   bpffsRoot?: string
   /** `max_entries` of `mbr_ct_tcp` and `mbr_ct_any` (default: the object's). */
   ctEntries?: number
-  /** `max_entries` of `mbr_policy` (default: the object's). */
+  /** `max_entries` of `mbr_policy_exact` and `mbr_policy`, each (default: the object's). */
   policyEntries?: number
 }
 
