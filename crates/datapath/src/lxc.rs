@@ -808,7 +808,9 @@ mod tests {
         assert!(opts.max_entries.contains(&("mbr_ep_ip".to_owned(), 8)));
         // An entry lives in one of the two policy maps: each gets the size.
         assert!(opts.max_entries.contains(&("mbr_policy".to_owned(), 32)));
-        assert!(opts.max_entries.contains(&("mbr_policy_exact".to_owned(), 32)));
+        assert!(opts
+            .max_entries
+            .contains(&("mbr_policy_exact".to_owned(), 32)));
         let err = MapSizes {
             events_bytes: Some(5000),
             ..MapSizes::default()

@@ -815,7 +815,9 @@ fn exact_entries_decide_from_the_hash_with_the_trie_semantics() {
 
     // The peer's exact deny (hash) beats an any-peer allow (trie).
     let any_peer = PolicyKey::any_port(EP_ID, INGRESS, 0, IPPROTO_TCP);
-    dp.policy().insert(&any_peer, &PolicyEntry::allow(2)).unwrap();
+    dp.policy()
+        .insert(&any_peer, &PolicyEntry::allow(2))
+        .unwrap();
     let deny = PolicyKey::exact(EP_ID, INGRESS, PEER_ID, IPPROTO_TCP, 443);
     dp.policy().insert(&deny, &PolicyEntry::deny(3)).unwrap();
     assert_eq!(
@@ -826,7 +828,9 @@ fn exact_entries_decide_from_the_hash_with_the_trie_semantics() {
 
     // An any-peer exact deny (hash) beats the peer's exact allow (hash).
     let any_deny = PolicyKey::exact(EP_ID, INGRESS, 0, IPPROTO_TCP, 80);
-    dp.policy().insert(&any_deny, &PolicyEntry::deny(4)).unwrap();
+    dp.policy()
+        .insert(&any_deny, &PolicyEntry::deny(4))
+        .unwrap();
     assert_eq!(
         ingress_decision(&mut dp, &mut sport, 80),
         (DROP, abi::DROP_POLICY_DENY, 4)
@@ -849,8 +853,7 @@ fn exact_entries_decide_from_the_hash_with_the_trie_semantics() {
 
 #[test]
 fn a_range_in_the_trie_keeps_its_edges_next_to_exact_entries() {
-    let Some(mut dp) = Dp::load("a_range_in_the_trie_keeps_its_edges_next_to_exact_entries")
-    else {
+    let Some(mut dp) = Dp::load("a_range_in_the_trie_keeps_its_edges_next_to_exact_entries") else {
         return;
     };
     dp.endpoint(EP_F_INGRESS_ENFORCED);
@@ -930,7 +933,10 @@ fn a_stale_full_key_in_the_trie_is_shadowed_and_removed_with_the_exact_entry() {
         ingress_decision(&mut dp, &mut sport, 80),
         (DROP, abi::DROP_POLICY_DENY, 2)
     );
-    assert_eq!(dp.policy().lookup(&key).unwrap(), Some(PolicyEntry::deny(2)));
+    assert_eq!(
+        dp.policy().lookup(&key).unwrap(),
+        Some(PolicyEntry::deny(2))
+    );
     assert_eq!(
         dp.policy().entries().unwrap(),
         [(key, PolicyEntry::deny(2))],

@@ -73,7 +73,16 @@ fn a_mixed_batch_is_routed_by_prefix_length() {
     // Every entry reads back through the pair, once.
     let mut expected: Vec<(PolicyKey, PolicyEntry)> =
         keys.iter().copied().zip(values.iter().copied()).collect();
-    expected.sort_by_key(|(k, _)| (k.ep_id, k.direction, k.identity, k.proto, k.port(), k.prefixlen));
+    expected.sort_by_key(|(k, _)| {
+        (
+            k.ep_id,
+            k.direction,
+            k.identity,
+            k.proto,
+            k.port(),
+            k.prefixlen,
+        )
+    });
     assert_eq!(policy.entries().expect("entries"), expected);
     for (k, v) in &expected {
         assert_eq!(policy.lookup(k).expect("lookup"), Some(*v), "{k:?}");
@@ -107,25 +116,43 @@ fn a_full_key_in_both_maps_is_dumped_once_and_deleted_from_both() {
     // Full keys in the trie, as a build without the hash wrote them.
     policy
         .trie()
-        .update(&[stale, only_trie], &[PolicyEntry::allow(1), PolicyEntry::allow(2)])
+        .update(
+            &[stale, only_trie],
+            &[PolicyEntry::allow(1), PolicyEntry::allow(2)],
+        )
         .expect("old write");
-    policy.insert(&stale, &PolicyEntry::deny(3)).expect("insert");
+    policy
+        .insert(&stale, &PolicyEntry::deny(3))
+        .expect("insert");
 
     assert_eq!(
         policy.entries().expect("entries"),
-        [(stale, PolicyEntry::deny(3)), (only_trie, PolicyEntry::allow(2))],
+        [
+            (stale, PolicyEntry::deny(3)),
+            (only_trie, PolicyEntry::allow(2))
+        ],
         "the hash's entry wins on the duplicate key"
     );
-    assert_eq!(policy.lookup(&only_trie).expect("lookup"), Some(PolicyEntry::allow(2)));
+    assert_eq!(
+        policy.lookup(&only_trie).expect("lookup"),
+        Some(PolicyEntry::allow(2))
+    );
 
     let report = policy.delete(&[stale, only_trie]).expect("delete");
-    assert_eq!((report.deleted, report.missing), (2, 0), "each key counts once");
+    assert_eq!(
+        (report.deleted, report.missing),
+        (2, 0),
+        "each key counts once"
+    );
     assert!(policy.entries().expect("entries").is_empty());
 
     // remove_endpoint clears an endpoint from both maps, and only it.
     let (keys, values) = mixed();
     policy.update(&keys, &values).expect("update");
-    policy.trie().update(&[stale], &[PolicyEntry::allow(1)]).expect("old write");
+    policy
+        .trie()
+        .update(&[stale], &[PolicyEntry::allow(1)])
+        .expect("old write");
     let of_1 = keys.iter().filter(|k| k.ep_id == 1).count();
     assert_eq!(policy.remove_endpoint(1).expect("remove"), of_1);
     assert_eq!(policy.remove_endpoint(3).expect("remove"), 1);

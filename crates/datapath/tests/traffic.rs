@@ -917,7 +917,10 @@ fn an_upgrade_moves_attachments_to_new_programs_without_a_gap() {
     let exact: Vec<_> = policy.exact().dump().expect("dump");
     assert_eq!(exact.len(), 2, "the lab's two allows");
     let (keys, values): (Vec<_>, Vec<_>) = exact.into_iter().unzip();
-    policy.trie().update(&keys, &values).expect("old-style write");
+    policy
+        .trie()
+        .update(&keys, &values)
+        .expect("old-style write");
     drop(policy);
     let exact_pin = lab.pins().map("mbr_policy_exact");
     std::fs::remove_file(&exact_pin).expect("unpin mbr_policy_exact");
