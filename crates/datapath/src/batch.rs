@@ -39,12 +39,13 @@
 
 use std::{
     borrow::Borrow,
+    fmt::Write as _,
     io,
     marker::PhantomData,
-    ops::ControlFlow,
+    ops::{ControlFlow, Range},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
-    sync::atomic::{AtomicU8, Ordering},
+    sync::atomic::{AtomicU8, AtomicUsize, Ordering},
 };
 
 use aya::{
@@ -61,6 +62,30 @@ use crate::{
 
 /// Entries per batch syscall unless the handle says otherwise.
 pub const DEFAULT_CHUNK: usize = 8192;
+
+/// Input size (entries) from which updates and deletes are split over
+/// threads; each thread then gets at least half of it, so a thread's start-up
+/// (tens of microseconds) stays small against its share (milliseconds).
+pub const PARALLEL_MIN_ENTRIES: usize = 16 * 1024;
+
+/// Most threads one update or delete uses.
+pub const MAX_WRITE_THREADS: usize = 8;
+
+/// `BPF_MAP_TYPE_LPM_TRIE`: one lock for the whole trie.
+const MAP_TYPE_LPM_TRIE: u32 = 11;
+
+/// Threads a large update or delete of a map of `map_type` uses by default:
+/// the online CPUs (at most [`MAX_WRITE_THREADS`]) for maps that lock per
+/// bucket (hashes, LRU hashes, arrays); one for an LPM trie, whose single
+/// lock serialises writers anyway (measured: no gain, see `benchkit`).
+pub fn default_write_threads(map_type: u32) -> usize {
+    if map_type == MAP_TYPE_LPM_TRIE {
+        return 1;
+    }
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_WRITE_THREADS)
+}
 
 /// The kernel-internal `ENOTSUPP`, which bpf(2) leaks to user space when a
 /// map type has no batch implementation.
@@ -82,6 +107,16 @@ const MAP_TYPE_PERCPU_HASH: u32 = 5;
 const MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
 const MAP_TYPE_PERCPU_CGROUP_STORAGE: u32 = 21;
+
+/// `BPF_F_LOCK`: update a value's `bpf_spin_lock`-protected part under the lock.
+pub const BPF_F_LOCK: u64 = 4;
+
+/// Whether `BPF_MAP_UPDATE_BATCH` takes these element flags: the kernel's
+/// generic batch update refuses (`EINVAL`) all but `BPF_F_LOCK`, so
+/// [`BPF_NOEXIST`] and [`BPF_EXIST`] writes go entry by entry.
+fn batch_update_accepts(flags: u64) -> bool {
+    flags & !BPF_F_LOCK == 0
+}
 
 /// `BPF_ANY`: create or replace.
 pub const BPF_ANY: u64 = 0;
@@ -167,12 +202,28 @@ pub fn describe_errno(errno: i32) -> String {
 }
 
 /// A failed batch operation: which entries were done before it failed.
+///
+/// Updates and deletes of large inputs run as concurrent slices (see
+/// [`RawMap::update_raw`]); the contract holds for both paths:
+/// - entries `[0, done)` of the input were all done (written, or deleted /
+///   found missing), and entry `done` is the one that failed;
+/// - entries after `done` may also have been done, by later slices that ran
+///   concurrently: `written` counts every entry done, wherever it is
+///   (`written >= done`; equal on the one-thread path, where nothing after
+///   the failing entry is attempted).
+///
+/// A caller that must know the map's exact contents after a failure
+/// therefore treats entries after `done` as unknown (re-reads them, or
+/// rewrites them: updates and deletes are idempotent).
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct BatchError {
-    /// Entries completed (written, deleted, read) before the failure, counted
-    /// from the start of the caller's input.
+    /// Length of the input prefix completed (written, deleted, read) before
+    /// the failing entry.
     pub done: usize,
+    /// Entries completed in all, `done` plus any done after the failing
+    /// entry by concurrent slices.
+    pub written: usize,
     /// Entries the caller asked for.
     pub total: usize,
     /// The failure, naming the map, the operation and the errno. Its message
@@ -330,6 +381,8 @@ pub struct RawMap<T = MapData> {
     max_entries: u32,
     percpu: bool,
     chunk: usize,
+    write_threads: usize,
+    parallel_min: usize,
     support: [AtomicU8; 4],
 }
 
@@ -389,6 +442,8 @@ impl<T: Borrow<MapData>> RawMap<T> {
             max_entries: info.max_entries(),
             percpu,
             chunk: DEFAULT_CHUNK,
+            write_threads: default_write_threads(map_type),
+            parallel_min: PARALLEL_MIN_ENTRIES,
             support: Default::default(),
         })
     }
@@ -396,6 +451,21 @@ impl<T: Borrow<MapData>> RawMap<T> {
     /// Sets the entries per syscall (at least 1).
     pub fn with_chunk(mut self, chunk: usize) -> Self {
         self.chunk = chunk.max(1);
+        self
+    }
+
+    /// Sets how many threads may share one large update or delete (1: always
+    /// the caller's thread alone). The default is [`default_write_threads`].
+    pub fn with_write_threads(mut self, threads: usize) -> Self {
+        self.write_threads = threads.max(1);
+        self
+    }
+
+    /// Sets the input size from which updates and deletes are split over
+    /// threads (default [`PARALLEL_MIN_ENTRIES`]); every slice gets at least
+    /// half of it.
+    pub fn with_parallel_min(mut self, entries: usize) -> Self {
+        self.parallel_min = entries.max(2);
         self
     }
 
@@ -440,6 +510,25 @@ impl<T: Borrow<MapData>> RawMap<T> {
         self.chunk
     }
 
+    /// Threads a large update or delete may use.
+    pub fn write_threads(&self) -> usize {
+        self.write_threads
+    }
+
+    /// Input size from which updates and deletes use several threads.
+    pub fn parallel_min(&self) -> usize {
+        self.parallel_min
+    }
+
+    /// Threads an update or delete of `total` entries uses.
+    pub fn slices_for(&self, total: usize) -> usize {
+        self.slices(total).len()
+    }
+
+    fn slices(&self, total: usize) -> Vec<Range<usize>> {
+        split_ranges(total, self.write_threads, self.parallel_min)
+    }
+
     /// The wrapped map.
     pub fn map_data(&self) -> &MapData {
         self.data.borrow()
@@ -468,14 +557,36 @@ impl<T: Borrow<MapData>> RawMap<T> {
     }
 
     fn fail(&self, op: &'static str, errno: i32, done: usize, total: usize) -> BatchError {
+        self.fail_written(op, errno, done, done, total)
+    }
+
+    /// A failure after the first `done` entries, with `written` entries done
+    /// in all (see [`BatchError`]).
+    fn fail_written(
+        &self,
+        op: &'static str,
+        errno: i32,
+        done: usize,
+        written: usize,
+        total: usize,
+    ) -> BatchError {
+        let mut detail = format!("{} after {done} of {total} entries", describe_errno(errno));
+        if written > done {
+            let _ = write!(
+                detail,
+                " ({} more after the failing one, by concurrent slices)",
+                written - done
+            );
+        }
         BatchError {
             done,
+            written,
             total,
             error: DatapathError::Op {
                 op,
                 object: self.object(),
                 errno: Some(errno),
-                detail: format!("{} after {done} of {total} entries", describe_errno(errno)),
+                detail,
             },
         }
     }
@@ -523,29 +634,14 @@ impl<T: Borrow<MapData>> RawMap<T> {
 
     // ---- per-entry primitives ------------------------------------------------
 
-    fn elem_update(
-        &self,
-        key: *const u8,
-        value: *const u8,
-        flags: u64,
-    ) -> std::result::Result<(), i32> {
-        let mut attr = ElemAttr {
-            map_fd: self.fd(),
-            key: key as u64,
-            value_or_next_key: value as u64,
-            flags,
-            ..ElemAttr::default()
-        };
-        sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
-    }
-
-    fn elem_delete(&self, key: *const u8) -> std::result::Result<(), i32> {
-        let mut attr = ElemAttr {
-            map_fd: self.fd(),
-            key: key as u64,
-            ..ElemAttr::default()
-        };
-        sys_bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
+    fn slice_worker(&self) -> SliceWorker<'_> {
+        SliceWorker {
+            fd: self.fd(),
+            key_size: self.key_size,
+            value_stride: self.value_stride,
+            chunk: self.chunk,
+            support: &self.support,
+        }
     }
 
     fn elem_lookup(&self, key: *const u8, value: *mut u8) -> std::result::Result<(), i32> {
@@ -577,9 +673,13 @@ impl<T: Borrow<MapData>> RawMap<T> {
 
     /// Writes `keys[i] -> values[i]` (packed, `key_size` and
     /// [`value_stride`](Self::value_stride) bytes each) with `flags`
-    /// ([`BPF_ANY`], [`BPF_NOEXIST`], [`BPF_EXIST`]). Returns the number of
-    /// entries written (all of them), or the number written before the
-    /// failure.
+    /// ([`BPF_ANY`], [`BPF_NOEXIST`], [`BPF_EXIST`]; the last two one
+    /// `UPDATE_ELEM` per entry, as the batch command refuses them). Returns
+    /// the number of entries written (all of them).
+    ///
+    /// Inputs of at least [`parallel_min`](Self::parallel_min) entries are
+    /// split into contiguous slices written concurrently on the same map
+    /// (see [`BatchError`] for what a failure then means).
     pub fn update_raw(
         &self,
         keys: &[u8],
@@ -590,81 +690,42 @@ impl<T: Borrow<MapData>> RawMap<T> {
             .check_buffers("batch update input", keys, Some(values))
             .map_err(|error| BatchError {
                 done: 0,
+                written: 0,
                 total: 0,
                 error,
             })?;
-        let mut done = 0;
-        while done < total {
-            if self.support(BatchOp::Update) == Support::PerEntry {
-                return self.update_per_entry(keys, values, flags, done, total);
-            }
-            let n = (total - done).min(self.chunk);
-            let mut attr = BatchAttr {
-                keys: keys[done * self.key_size..].as_ptr() as u64,
-                values: values[done * self.value_stride..].as_ptr() as u64,
-                count: n as u32,
-                map_fd: self.fd(),
-                elem_flags: flags,
-                ..BatchAttr::default()
-            };
-            match sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
-                Ok(_) => {
-                    self.set_support(BatchOp::Update, Support::Batch);
-                    done += n;
-                }
-                Err(errno) => {
-                    let written = processed_before_error(attr.count, n);
-                    if written == 0 && self.support(BatchOp::Update) == Support::Unknown {
-                        if Self::refuses_batch(errno) {
-                            self.set_support(BatchOp::Update, Support::PerEntry);
-                            continue;
-                        }
-                        if errno == libc::EINVAL {
-                            // Is it the command or the entry? Try the entry alone.
-                            let k = keys[done * self.key_size..].as_ptr();
-                            let v = values[done * self.value_stride..].as_ptr();
-                            if self.elem_update(k, v, flags).is_ok() {
-                                self.set_support(BatchOp::Update, Support::PerEntry);
-                                done += 1;
-                                continue;
-                            }
-                        }
-                    }
-                    return Err(self.fail("batch update", errno, done + written, total));
-                }
+        let worker = self.slice_worker();
+        let outcomes = run_slices(self.slices(total), |range, stop| {
+            worker.update_slice(keys, values, flags, range, stop)
+        });
+        let mut written = 0;
+        let mut prefix = 0;
+        let mut failure = None;
+        for (range, outcome) in outcomes {
+            written += outcome.done;
+            if failure.is_none() {
+                prefix = range.start + outcome.done;
+                failure = outcome.failure;
             }
         }
-        Ok(total)
-    }
-
-    fn update_per_entry(
-        &self,
-        keys: &[u8],
-        values: &[u8],
-        flags: u64,
-        mut done: usize,
-        total: usize,
-    ) -> std::result::Result<usize, BatchError> {
-        while done < total {
-            let k = keys[done * self.key_size..].as_ptr();
-            let v = values[done * self.value_stride..].as_ptr();
-            self.elem_update(k, v, flags)
-                .map_err(|errno| self.fail("update", errno, done, total))?;
-            done += 1;
+        match failure {
+            None => Ok(total),
+            Some((op, errno)) => Err(self.fail_written(op, errno, prefix, written, total)),
         }
-        Ok(total)
     }
 
     // ---- delete ---------------------------------------------------------------
 
     /// Deletes the packed `keys`. Keys not in the map are skipped and counted
     /// as missing; any other failure stops with the number deleted so far.
+    /// Large inputs are split over threads like [`update_raw`](Self::update_raw).
     pub fn delete_raw(&self, keys: &[u8]) -> std::result::Result<DeleteReport, BatchError> {
         self.delete_raw_tracking(keys, &mut |_| {})
     }
 
     /// [`delete_raw`](Self::delete_raw), calling `on_missing` with the index
-    /// of each key that was not in the map (in increasing order).
+    /// of each key that was not in the map (in increasing order, after the
+    /// deletes).
     pub fn delete_raw_tracking(
         &self,
         keys: &[u8],
@@ -674,97 +735,35 @@ impl<T: Borrow<MapData>> RawMap<T> {
             .check_buffers("batch delete input", keys, None)
             .map_err(|error| BatchError {
                 done: 0,
+                written: 0,
                 total: 0,
                 error,
             })?;
+        let worker = self.slice_worker();
+        let outcomes = run_slices(self.slices(total), |range, stop| {
+            worker.delete_slice(keys, range, stop)
+        });
         let mut report = DeleteReport::default();
-        let mut pos = 0;
-        while pos < total {
-            if self.support(BatchOp::Delete) == Support::PerEntry {
-                return self.delete_per_entry(keys, pos, total, report, on_missing);
+        let mut prefix = 0;
+        let mut failure = None;
+        for (range, outcome) in outcomes {
+            // `done` counts keys handled: deleted or found missing.
+            report.deleted += outcome.done - outcome.missing.len();
+            report.missing += outcome.missing.len();
+            for i in outcome.missing {
+                on_missing(i);
             }
-            let n = (total - pos).min(self.chunk);
-            let mut attr = BatchAttr {
-                keys: keys[pos * self.key_size..].as_ptr() as u64,
-                count: n as u32,
-                map_fd: self.fd(),
-                ..BatchAttr::default()
-            };
-            match sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
-                Ok(_) => {
-                    self.set_support(BatchOp::Delete, Support::Batch);
-                    report.deleted += n;
-                    pos += n;
-                }
-                Err(errno) => {
-                    let removed = processed_before_error(attr.count, n);
-                    if errno == libc::ENOENT && removed < n {
-                        // Key number `removed` of the chunk is absent: skip it.
-                        self.set_support(BatchOp::Delete, Support::Batch);
-                        report.deleted += removed;
-                        report.missing += 1;
-                        on_missing(pos + removed);
-                        pos += removed + 1;
-                        continue;
-                    }
-                    if removed == 0 && self.support(BatchOp::Delete) == Support::Unknown {
-                        if Self::refuses_batch(errno) {
-                            self.set_support(BatchOp::Delete, Support::PerEntry);
-                            continue;
-                        }
-                        if errno == libc::EINVAL {
-                            let k = keys[pos * self.key_size..].as_ptr();
-                            match self.elem_delete(k) {
-                                Ok(()) => {
-                                    self.set_support(BatchOp::Delete, Support::PerEntry);
-                                    report.deleted += 1;
-                                    pos += 1;
-                                    continue;
-                                }
-                                Err(libc::ENOENT) => {
-                                    self.set_support(BatchOp::Delete, Support::PerEntry);
-                                    report.missing += 1;
-                                    on_missing(pos);
-                                    pos += 1;
-                                    continue;
-                                }
-                                Err(_) => {}
-                            }
-                        }
-                    }
-                    report.deleted += removed;
-                    return Err(self.fail(
-                        "batch delete",
-                        errno,
-                        report.deleted + report.missing,
-                        total,
-                    ));
-                }
+            if failure.is_none() {
+                prefix = range.start + outcome.done;
+                failure = outcome.failure;
             }
         }
-        Ok(report)
-    }
-
-    fn delete_per_entry(
-        &self,
-        keys: &[u8],
-        mut pos: usize,
-        total: usize,
-        mut report: DeleteReport,
-        on_missing: &mut dyn FnMut(usize),
-    ) -> std::result::Result<DeleteReport, BatchError> {
-        while pos < total {
-            match self.elem_delete(keys[pos * self.key_size..].as_ptr()) {
-                Ok(()) => report.deleted += 1,
-                Err(libc::ENOENT) => {
-                    report.missing += 1;
-                    on_missing(pos);
-                }
-                Err(errno) => return Err(self.fail("delete", errno, pos, total)),
+        match failure {
+            None => Ok(report),
+            Some((op, errno)) => {
+                Err(self.fail_written(op, errno, prefix, report.deleted + report.missing, total))
             }
-            pos += 1;
         }
-        Ok(report)
     }
 
     // ---- lookup of given keys ---------------------------------------------------
@@ -1032,6 +1031,368 @@ impl<T: Borrow<MapData>> RawMap<T> {
     }
 }
 
+/// What the slices of a parallel update or delete need of a [`RawMap`]: plain
+/// numbers, the fd and the shared support flags, so it is `Sync` whatever
+/// the map handle `T` is. Borrowed from the `RawMap`, which keeps the fd open.
+struct SliceWorker<'a> {
+    fd: u32,
+    key_size: usize,
+    value_stride: usize,
+    chunk: usize,
+    support: &'a [AtomicU8; 4],
+}
+
+impl SliceWorker<'_> {
+    fn support(&self, op: BatchOp) -> Support {
+        Support::from_u8(self.support[op as usize].load(Ordering::Relaxed))
+    }
+
+    fn set_support(&self, op: BatchOp, s: Support) {
+        self.support[op as usize].store(s as u8, Ordering::Relaxed);
+    }
+
+    fn fd(&self) -> u32 {
+        self.fd
+    }
+
+    fn refuses_batch(errno: i32) -> bool {
+        RawMap::<MapData>::refuses_batch(errno)
+    }
+
+    fn elem_update(
+        &self,
+        key: *const u8,
+        value: *const u8,
+        flags: u64,
+    ) -> std::result::Result<(), i32> {
+        elem_update_fd(self.fd, key, value, flags)
+    }
+
+    fn elem_delete(&self, key: *const u8) -> std::result::Result<(), i32> {
+        elem_delete_fd(self.fd, key)
+    }
+
+    /// Writes the entries of `range`, stopping between chunks when `stop`
+    /// says an earlier slice failed.
+    fn update_slice(
+        &self,
+        keys: &[u8],
+        values: &[u8],
+        flags: u64,
+        range: Range<usize>,
+        stop: &dyn Fn() -> bool,
+    ) -> SliceOutcome {
+        let mut pos = range.start;
+        while pos < range.end {
+            if stop() {
+                break;
+            }
+            if self.support(BatchOp::Update) == Support::PerEntry || !batch_update_accepts(flags) {
+                return self.update_per_entry(
+                    keys,
+                    values,
+                    flags,
+                    pos..range.end,
+                    stop,
+                    range.start,
+                );
+            }
+            let n = (range.end - pos).min(self.chunk);
+            let mut attr = BatchAttr {
+                keys: keys[pos * self.key_size..].as_ptr() as u64,
+                values: values[pos * self.value_stride..].as_ptr() as u64,
+                count: n as u32,
+                map_fd: self.fd(),
+                elem_flags: flags,
+                ..BatchAttr::default()
+            };
+            match sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+                Ok(_) => {
+                    self.set_support(BatchOp::Update, Support::Batch);
+                    pos += n;
+                }
+                Err(errno) => {
+                    let written = processed_before_error(attr.count, n);
+                    if written == 0 && self.support(BatchOp::Update) == Support::Unknown {
+                        if Self::refuses_batch(errno) {
+                            self.set_support(BatchOp::Update, Support::PerEntry);
+                            continue;
+                        }
+                        if errno == libc::EINVAL {
+                            // Is it the command or the entry? Try the entry alone.
+                            let k = keys[pos * self.key_size..].as_ptr();
+                            let v = values[pos * self.value_stride..].as_ptr();
+                            if self.elem_update(k, v, flags).is_ok() {
+                                self.set_support(BatchOp::Update, Support::PerEntry);
+                                pos += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    return SliceOutcome::failed(
+                        pos + written - range.start,
+                        "batch update",
+                        errno,
+                    );
+                }
+            }
+        }
+        SliceOutcome::ok(pos - range.start)
+    }
+
+    fn update_per_entry(
+        &self,
+        keys: &[u8],
+        values: &[u8],
+        flags: u64,
+        rest: Range<usize>,
+        stop: &dyn Fn() -> bool,
+        slice_start: usize,
+    ) -> SliceOutcome {
+        for pos in rest.clone() {
+            // Checked every chunk's worth of entries, like the batch path.
+            if (pos - rest.start).is_multiple_of(self.chunk) && stop() {
+                return SliceOutcome::ok(pos - slice_start);
+            }
+            let k = keys[pos * self.key_size..].as_ptr();
+            let v = values[pos * self.value_stride..].as_ptr();
+            if let Err(errno) = self.elem_update(k, v, flags) {
+                return SliceOutcome::failed(pos - slice_start, "update", errno);
+            }
+        }
+        SliceOutcome::ok(rest.end - slice_start)
+    }
+
+    /// Deletes the keys of `range`; see [`update_slice`](Self::update_slice).
+    fn delete_slice(
+        &self,
+        keys: &[u8],
+        range: Range<usize>,
+        stop: &dyn Fn() -> bool,
+    ) -> SliceOutcome {
+        let mut out = SliceOutcome::ok(0);
+        let mut pos = range.start;
+        while pos < range.end {
+            if stop() {
+                break;
+            }
+            if self.support(BatchOp::Delete) == Support::PerEntry {
+                return self.delete_per_entry(keys, pos..range.end, stop, range.start, out);
+            }
+            let n = (range.end - pos).min(self.chunk);
+            let mut attr = BatchAttr {
+                keys: keys[pos * self.key_size..].as_ptr() as u64,
+                count: n as u32,
+                map_fd: self.fd(),
+                ..BatchAttr::default()
+            };
+            match sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+                Ok(_) => {
+                    self.set_support(BatchOp::Delete, Support::Batch);
+                    pos += n;
+                }
+                Err(errno) => {
+                    let removed = processed_before_error(attr.count, n);
+                    if errno == libc::ENOENT && removed < n {
+                        // Key number `removed` of the chunk is absent: skip it.
+                        self.set_support(BatchOp::Delete, Support::Batch);
+                        out.missing.push(pos + removed);
+                        pos += removed + 1;
+                        continue;
+                    }
+                    if removed == 0 && self.support(BatchOp::Delete) == Support::Unknown {
+                        if Self::refuses_batch(errno) {
+                            self.set_support(BatchOp::Delete, Support::PerEntry);
+                            continue;
+                        }
+                        if errno == libc::EINVAL {
+                            let k = keys[pos * self.key_size..].as_ptr();
+                            match self.elem_delete(k) {
+                                Ok(()) => {
+                                    self.set_support(BatchOp::Delete, Support::PerEntry);
+                                    pos += 1;
+                                    continue;
+                                }
+                                Err(libc::ENOENT) => {
+                                    self.set_support(BatchOp::Delete, Support::PerEntry);
+                                    out.missing.push(pos);
+                                    pos += 1;
+                                    continue;
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                    }
+                    out.done = pos + removed - range.start;
+                    out.failure = Some(("batch delete", errno));
+                    return out;
+                }
+            }
+        }
+        out.done = pos - range.start;
+        out
+    }
+
+    fn delete_per_entry(
+        &self,
+        keys: &[u8],
+        rest: Range<usize>,
+        stop: &dyn Fn() -> bool,
+        slice_start: usize,
+        mut out: SliceOutcome,
+    ) -> SliceOutcome {
+        for pos in rest.clone() {
+            if (pos - rest.start).is_multiple_of(self.chunk) && stop() {
+                out.done = pos - slice_start;
+                return out;
+            }
+            match self.elem_delete(keys[pos * self.key_size..].as_ptr()) {
+                Ok(()) => {}
+                Err(libc::ENOENT) => out.missing.push(pos),
+                Err(errno) => {
+                    out.done = pos - slice_start;
+                    out.failure = Some(("delete", errno));
+                    return out;
+                }
+            }
+        }
+        out.done = rest.end - slice_start;
+        out
+    }
+}
+
+/// `BPF_MAP_UPDATE_ELEM` on `fd`.
+fn elem_update_fd(
+    fd: u32,
+    key: *const u8,
+    value: *const u8,
+    flags: u64,
+) -> std::result::Result<(), i32> {
+    let mut attr = ElemAttr {
+        map_fd: fd,
+        key: key as u64,
+        value_or_next_key: value as u64,
+        flags,
+        ..ElemAttr::default()
+    };
+    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// `BPF_MAP_DELETE_ELEM` on `fd`.
+fn elem_delete_fd(fd: u32, key: *const u8) -> std::result::Result<(), i32> {
+    let mut attr = ElemAttr {
+        map_fd: fd,
+        key: key as u64,
+        ..ElemAttr::default()
+    };
+    sys_bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
+}
+
+/// How `total` entries are split for an update or delete: contiguous index
+/// ranges in input order, one per thread, the first ones one entry longer
+/// when it does not divide. One range below `parallel_min` entries; above it
+/// at most `threads` ranges of at least `parallel_min / 2` entries each.
+fn split_ranges(total: usize, threads: usize, parallel_min: usize) -> Vec<Range<usize>> {
+    let threads = if total < parallel_min {
+        1
+    } else {
+        threads.min(total / (parallel_min / 2).max(1)).max(1)
+    };
+    let (base, extra) = (total / threads, total % threads);
+    let mut start = 0;
+    (0..threads)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            let r = start..start + len;
+            start += len;
+            r
+        })
+        .collect()
+}
+
+/// What one slice of an update or delete did.
+struct SliceOutcome {
+    /// Entries of the slice done from its start (written, or deleted or
+    /// found missing), before the failure if any.
+    done: usize,
+    /// Indices (in the whole input) of keys a delete found absent.
+    missing: Vec<usize>,
+    /// The operation and errno that stopped the slice.
+    failure: Option<(&'static str, i32)>,
+}
+
+impl SliceOutcome {
+    fn ok(done: usize) -> Self {
+        Self {
+            done,
+            missing: Vec::new(),
+            failure: None,
+        }
+    }
+
+    fn failed(done: usize, op: &'static str, errno: i32) -> Self {
+        Self {
+            done,
+            missing: Vec::new(),
+            failure: Some((op, errno)),
+        }
+    }
+}
+
+/// Runs `f` on each slice, the first on the caller's thread and the others
+/// on scoped threads, and returns the outcomes in slice order.
+///
+/// When slice `i` fails, slices after it stop at their next chunk boundary
+/// (their entries are beyond the reported prefix anyway) while slices before
+/// it run to completion, so the reported prefix is as long as it can be.
+fn run_slices<F>(slices: Vec<Range<usize>>, f: F) -> Vec<(Range<usize>, SliceOutcome)>
+where
+    F: Fn(Range<usize>, &dyn Fn() -> bool) -> SliceOutcome + Sync,
+{
+    if slices.len() <= 1 {
+        return slices
+            .into_iter()
+            .map(|r| (r.clone(), f(r, &|| false)))
+            .collect();
+    }
+    let first_failed = AtomicUsize::new(usize::MAX);
+    let run = |i: usize, r: Range<usize>| {
+        let stop = || first_failed.load(Ordering::Relaxed) < i;
+        let out = f(r, &stop);
+        if out.failure.is_some() {
+            first_failed.fetch_min(i, Ordering::Relaxed);
+        }
+        out
+    };
+    std::thread::scope(|scope| {
+        let run = &run;
+        // A thread that cannot be started leaves its slice to the caller's
+        // thread, after the first slice.
+        let spawned: Vec<_> = slices
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, r)| {
+                let r = r.clone();
+                std::thread::Builder::new()
+                    .name("mbr-map-batch".to_owned())
+                    .spawn_scoped(scope, move || run(i, r))
+                    .map_err(|_| i)
+            })
+            .collect();
+        let mut outcomes = vec![(slices[0].clone(), run(0, slices[0].clone()))];
+        for (i, handle) in spawned.into_iter().enumerate() {
+            let i = i + 1;
+            let out = match handle {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                Err(_) => run(i, slices[i].clone()),
+            };
+            outcomes.push((slices[i].clone(), out));
+        }
+        outcomes
+    })
+}
+
 /// Entries an update or delete batch completed before failing. The kernel
 /// writes the count back when it stops at an entry; a failure before the
 /// first entry (bad flags, a map type without batch support) leaves the
@@ -1185,6 +1546,18 @@ impl<K: Pod, V: Pod, T: Borrow<MapData>> BatchMap<K, V, T> {
         self
     }
 
+    /// Sets the threads of large updates and deletes; see [`RawMap::with_write_threads`].
+    pub fn with_write_threads(mut self, threads: usize) -> Self {
+        self.raw = self.raw.with_write_threads(threads);
+        self
+    }
+
+    /// Sets the parallel threshold; see [`RawMap::with_parallel_min`].
+    pub fn with_parallel_min(mut self, entries: usize) -> Self {
+        self.raw = self.raw.with_parallel_min(entries);
+        self
+    }
+
     /// Writes `keys[i] -> values[i]` (create or replace).
     pub fn update(&self, keys: &[K], values: &[V]) -> std::result::Result<usize, BatchError> {
         self.update_with_flags(keys, values, BPF_ANY)
@@ -1200,6 +1573,7 @@ impl<K: Pod, V: Pod, T: Borrow<MapData>> BatchMap<K, V, T> {
         if keys.len() != values.len() {
             return Err(BatchError {
                 done: 0,
+                written: 0,
                 total: keys.len(),
                 error: DatapathError::invalid(
                     "batch update input",
@@ -1526,6 +1900,7 @@ impl<K: Pod, V: Pod, T: Borrow<MapData>> PerCpuBatchMap<K, V, T> {
             if per_cpu.len() != self.cpus {
                 return Err(BatchError {
                     done: 0,
+                    written: 0,
                     total: keys.len(),
                     error: DatapathError::invalid(
                         "batch update input",
@@ -1595,6 +1970,31 @@ mod tests {
         assert!(describe_errno(libc::ENOENT).starts_with("ENOENT ("));
         assert!(describe_errno(ENOTSUPP).starts_with("ENOTSUPP"));
         assert!(describe_errno(4242).starts_with("errno 4242"));
+    }
+
+    #[test]
+    fn split_ranges_cover_the_input_in_order() {
+        assert_eq!(split_ranges(0, 4, 16), vec![0..0]);
+        assert_eq!(split_ranges(15, 4, 16), vec![0..15]);
+        assert_eq!(split_ranges(16, 4, 16), vec![0..8, 8..16]);
+        assert_eq!(split_ranges(17, 4, 16), vec![0..9, 9..17]);
+        assert_eq!(split_ranges(33, 4, 16), vec![0..9, 9..17, 17..25, 25..33]);
+        assert_eq!(split_ranges(1000, 4, 16).len(), 4);
+        assert_eq!(split_ranges(1000, 1, 16), vec![0..1000]);
+        for total in [16, 100, 12_345] {
+            let r = split_ranges(total, 3, 16);
+            assert_eq!(r.first().map(|r| r.start), Some(0));
+            assert_eq!(r.last().map(|r| r.end), Some(total));
+            assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(r.iter().all(|r| r.len() >= 8), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn lpm_tries_are_written_by_one_thread() {
+        assert_eq!(default_write_threads(MAP_TYPE_LPM_TRIE), 1);
+        assert!(default_write_threads(1) >= 1);
+        assert!(default_write_threads(1) <= MAX_WRITE_THREADS);
     }
 
     #[test]
