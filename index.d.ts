@@ -486,8 +486,11 @@ export interface MapTarget {
  * Writes `keys[i] -> values[i]` into a pinned map in batches
  * (`BPF_MAP_UPDATE_BATCH`, per entry where the map type refuses batches).
  * `keys` and `values` are packed structs. `flags`: 0 any (default), 1 only
- * create, 2 only replace. A failure rejects with the errno as `code`, the
- * map in `object`, and `done` / `total` entries.
+ * create, 2 only replace (those two entry by entry). Large batches are
+ * written by several threads (contiguous slices; hash maps, not LPM tries).
+ * A failure rejects with the errno as `code`, the map in `object`, and
+ * `done` (entries `[0, done)` written), `written` (all entries written,
+ * including any after the failing one by concurrent slices) and `total`.
  */
 export declare function mapUpdate(target: MapTarget, keys: Buffer, values: Buffer, flags?: number | undefined | null): Promise<MapUpdateResult>
 

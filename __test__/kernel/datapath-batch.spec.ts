@@ -13,6 +13,7 @@ import * as native from '../../index.js';
 import { isDatapathError, type DatapathError } from '../../ts/datapath/addon.js';
 import {
   compareLayout,
+  endpointInfoCodec,
   MAP_CODECS,
   packAll,
   policyKeyCodec,
@@ -160,6 +161,56 @@ test.serial('errors name the map, the operation and the errno; partial batches s
   const notPinned = await t.throwsAsync<DatapathError>(policyMap(`${pinDir}-missing`).dump());
   t.true(isDatapathError(notPinned, 'ENOENT'), String(notPinned));
   t.regex(notPinned?.message ?? '', /mbr_policy/);
+});
+
+test.serial('large batches are written by several threads: contents match, a failure says how much was written', async (t) => {
+  const pinDir = await pinned(t);
+  const valueSize = endpointInfoCodec.size;
+  /** `n` endpoint entries keyed by ifindex 1..n, each value stamped with its ifindex. */
+  const entries = (n: number): { keys: Buffer; values: Buffer } => {
+    const keys = Buffer.alloc(n * 4);
+    const values = Buffer.alloc(n * valueSize);
+    for (let i = 0; i < n; i++) {
+      keys.writeUInt32LE(i + 1, i * 4);
+      values.writeUInt32LE(i + 1, i * valueSize);
+    }
+    return { keys, values };
+  };
+  const byIfindex = endpointsByIfindex(pinDir);
+  const dumpedKeys = async (): Promise<Set<number>> => {
+    const d = await byIfindex.dumpPacked();
+    const keys = new Set<number>();
+    for (let i = 0; i < d.count; i++) {
+      const k = d.keys.readUInt32LE(i * 4);
+      t.is(d.values.readUInt32LE(i * d.valueStride), k, `value of ${k}`);
+      keys.add(k);
+    }
+    t.is(keys.size, d.count, 'no key twice');
+    return keys;
+  };
+
+  // Above the threshold (16k entries): split over threads, same contents.
+  const ok = entries(40_000);
+  t.is((await byIfindex.updatePacked(ok.keys, ok.values)).written, 40_000);
+  const keys = await dumpedKeys();
+  t.is(keys.size, 40_000);
+  t.true([...keys].every((k) => k >= 1 && k <= 40_000));
+  t.is((await byIfindex.deletePacked(ok.keys)).deleted, 40_000);
+
+  // mbr_ep_ifindex holds 65536 entries (BPF_F_NO_PREALLOC): 100k fail with E2BIG.
+  const tooMany = entries(100_000);
+  const err = await t.throwsAsync<DatapathError>(byIfindex.updatePacked(tooMany.keys, tooMany.values));
+  t.true(isDatapathError(err, 'E2BIG'), String(err));
+  t.regex(err?.op ?? '', /update/);
+  t.is(err?.object, 'map mbr_ep_ifindex');
+  t.is(err?.total, 100_000);
+  const done = err?.done ?? -1;
+  const written = err?.written ?? -1;
+  t.true(done >= 0 && written >= done, `done ${done}, written ${written}`);
+  t.regex(err?.message ?? '', new RegExp(`after ${done} of 100000 entries`));
+  const after = await dumpedKeys();
+  t.is(after.size, written, 'written is what the map holds');
+  for (let k = 1; k <= done; k++) if (!after.has(k)) return t.fail(`entry ${k} of the written prefix is missing`);
 });
 
 test.serial('conntrack: batch insert and dump, GC deletes expired entries only', async (t) => {

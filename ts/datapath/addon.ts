@@ -48,8 +48,17 @@ export type AttachMode = NonNullable<AttachPacketCounterOptions['mode']>;
  */
 export class DatapathError extends Error {
   override readonly name = 'DatapathError';
-  /** For a batch that failed part way: entries completed before the failure. */
+  /**
+   * For a batch that failed part way: entries `[0, done)` of the input were completed
+   * and entry `done` failed.
+   */
   done?: number;
+  /**
+   * For a batch that failed part way: entries completed in all. Large batches run as
+   * concurrent slices, so entries after `done` may have been written too (`written >=
+   * done`); a caller needing the exact contents treats them as unknown.
+   */
+  written?: number;
   /** For a batch that failed part way: entries asked for. */
   total?: number;
 
@@ -72,6 +81,7 @@ export function isDatapathError(err: unknown, code?: string): err is DatapathErr
 
 interface NativeErrorFields {
   done?: unknown;
+  written?: unknown;
   total?: unknown;
   message?: unknown;
   code?: unknown;
@@ -94,6 +104,7 @@ export function toDatapathError(err: unknown): unknown {
     { cause: err },
   );
   if (typeof fields.done === 'number') converted.done = fields.done;
+  if (typeof fields.written === 'number') converted.written = fields.written;
   if (typeof fields.total === 'number') converted.total = fields.total;
   return converted;
 }

@@ -162,9 +162,14 @@ pub fn map_layouts() -> Vec<MapLayoutInfo> {
         .collect()
 }
 
+/// How far a batch got before failing: `done` (a fully written prefix),
+/// `written` (every entry written, `>= done` when large batches run as
+/// concurrent slices), `total`. See `membrane_datapath::batch::BatchError`.
+type BatchProgress = (usize, usize, usize);
+
 /// A failure with, for partial batch failures, how far the batch got.
 #[derive(Default)]
-pub(crate) struct BatchFailure(Option<(DatapathError, Option<(usize, usize)>)>);
+pub(crate) struct BatchFailure(Option<(DatapathError, Option<BatchProgress>)>);
 
 impl BatchFailure {
     fn record(&mut self, e: DatapathError) -> Error {
@@ -175,15 +180,21 @@ impl BatchFailure {
 
     fn record_batch(&mut self, e: BatchError) -> Error {
         let message = e.to_string();
-        self.0 = Some((e.error, Some((e.done, e.total))));
+        self.0 = Some((e.error, Some((e.done, e.written, e.total))));
         Error::new(Status::GenericFailure, message)
     }
 
     fn take_js_error(&mut self, env: &Env, err: Error) -> Error {
         match self.0.take() {
-            Some((e, Some((done, total)))) => {
-                to_js_error_with(env, &e, &[("done", done as f64), ("total", total as f64)])
-            }
+            Some((e, Some((done, written, total)))) => to_js_error_with(
+                env,
+                &e,
+                &[
+                    ("done", done as f64),
+                    ("written", written as f64),
+                    ("total", total as f64),
+                ],
+            ),
             Some((e, None)) => to_js_error_with(env, &e, &[]),
             None => err,
         }
@@ -369,8 +380,11 @@ impl Task for MapTask {
 /// Writes `keys[i] -> values[i]` into a pinned map in batches
 /// (`BPF_MAP_UPDATE_BATCH`, per entry where the map type refuses batches).
 /// `keys` and `values` are packed structs. `flags`: 0 any (default), 1 only
-/// create, 2 only replace. A failure rejects with the errno as `code`, the
-/// map in `object`, and `done` / `total` entries.
+/// create, 2 only replace (those two entry by entry). Large batches are
+/// written by several threads (contiguous slices; hash maps, not LPM tries).
+/// A failure rejects with the errno as `code`, the map in `object`, and
+/// `done` (entries `[0, done)` written), `written` (all entries written,
+/// including any after the failing one by concurrent slices) and `total`.
 #[napi(ts_return_type = "Promise<MapUpdateResult>")]
 pub fn map_update(
     target: MapTarget,
