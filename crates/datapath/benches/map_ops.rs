@@ -1,5 +1,7 @@
-//! Batch vs. per-entry map operations on a conntrack table (LRU hash) and the
-//! policy maps (exact-entry hash, LPM trie), 10k to 1M entries, in entries per second.
+//! Batch (one thread, and split over threads where the map type allows it)
+//! vs. per-entry map operations on a conntrack table (LRU hash) and the
+//! policy maps (exact-entry hash, LPM trie), 10k to 1M entries, in entries
+//! per second.
 //!
 //! `cargo bench -p membrane-datapath --bench map_ops` (root; real BPF maps,
 //! created for the run and gone after it).
@@ -17,7 +19,10 @@ const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
 
 fn run_kind<K: Pod, V: Pod>(c: &mut Criterion, kind: MapKind, n: usize, keys: &[K], values: &[V]) {
     let data: MapData = create_bench_map(kind, n).expect("create map (root and BPF needed)");
-    let batch = BatchMap::<K, V, &MapData>::new(&data, kind.as_str()).expect("wrap");
+    let parallel = BatchMap::<K, V, &MapData>::new(&data, kind.as_str()).expect("wrap");
+    let batch = BatchMap::<K, V, &MapData>::new(&data, kind.as_str())
+        .expect("wrap")
+        .with_write_threads(1);
     let single = BatchMap::<K, V, &MapData>::new(&data, kind.as_str()).expect("wrap");
     for op in [
         BatchOp::Update,
@@ -32,7 +37,11 @@ fn run_kind<K: Pod, V: Pod>(c: &mut Criterion, kind: MapKind, n: usize, keys: &[
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     g.throughput(Throughput::Elements(n as u64));
-    for (label, map) in [("batch", &batch), ("per_entry", &single)] {
+    for (label, map) in [
+        ("batch", &batch),
+        ("parallel", &parallel),
+        ("per_entry", &single),
+    ] {
         g.bench_function(BenchmarkId::new(format!("insert/{label}"), n), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -45,21 +54,24 @@ fn run_kind<K: Pod, V: Pod>(c: &mut Criterion, kind: MapKind, n: usize, keys: &[
                 total
             })
         });
-        g.bench_function(BenchmarkId::new(format!("lookup/{label}"), n), |b| {
-            batch.update(keys, values).expect("fill");
-            b.iter_custom(|iters| {
-                let t = Instant::now();
-                for _ in 0..iters {
-                    if label == "batch" {
-                        map.for_each_chunk(|_, _| ControlFlow::Continue(()))
-                            .expect("dump");
-                    } else {
-                        map.lookup(keys).expect("lookup");
+        // Dumps and lookups have no parallel path.
+        if label != "parallel" {
+            g.bench_function(BenchmarkId::new(format!("lookup/{label}"), n), |b| {
+                batch.update(keys, values).expect("fill");
+                b.iter_custom(|iters| {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        if label == "batch" {
+                            map.for_each_chunk(|_, _| ControlFlow::Continue(()))
+                                .expect("dump");
+                        } else {
+                            map.lookup(keys).expect("lookup");
+                        }
                     }
-                }
-                t.elapsed()
-            })
-        });
+                    t.elapsed()
+                })
+            });
+        }
         g.bench_function(BenchmarkId::new(format!("delete/{label}"), n), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;

@@ -13,8 +13,9 @@
 use std::process::ExitCode;
 
 use membrane_datapath::benchkit::{
-    gc_records, map_op_records, measure_ct_gc, measure_map_ops, measure_packets_over_loads,
-    packet_records, BenchRecord, MapKind, Repeats,
+    gc_records, map_op_records, map_op_records_named, measure_ct_gc, measure_map_ops,
+    measure_packets_over_loads, measure_policy_hash_noprealloc_ops, packet_records, BenchRecord,
+    MapKind, Repeats,
 };
 
 fn main() -> ExitCode {
@@ -50,6 +51,20 @@ fn main() -> ExitCode {
                     Ok(r) => records.extend(map_op_records(kind, &r)),
                     Err(e) => {
                         eprintln!("bench_json: map ops {} n={n}: {e}", kind.as_str());
+                        failed = true;
+                    }
+                }
+            }
+        }
+        // The exact policy entries' hash created BPF_F_NO_PREALLOC, for comparison.
+        {
+            let label = "policy-exact-hash-noprealloc";
+            for &n in sizes {
+                eprintln!("bench_json: map ops {label} n={n}");
+                match measure_policy_hash_noprealloc_ops(n) {
+                    Ok(r) => records.extend(map_op_records_named(label, &r)),
+                    Err(e) => {
+                        eprintln!("bench_json: map ops {label} n={n}: {e}");
                         failed = true;
                     }
                 }

@@ -338,16 +338,23 @@ impl MapKind {
 pub struct MapOpRates {
     /// Entries.
     pub n: usize,
-    /// Batch update into an empty map.
+    /// Threads the parallel update and delete used (1: the map type is not
+    /// split, e.g. an LPM trie, or `n` is below the threshold).
+    pub threads: usize,
+    /// Batch update into an empty map, one thread.
     pub insert_batch: f64,
+    /// Batch update into an empty map, split over `threads` threads.
+    pub insert_parallel: f64,
     /// One `UPDATE_ELEM` per entry into an empty map.
     pub insert_per_entry: f64,
     /// Full dump with `LOOKUP_BATCH`.
     pub lookup_batch: f64,
     /// One `LOOKUP_ELEM` per entry.
     pub lookup_per_entry: f64,
-    /// Batch delete of every entry.
+    /// Batch delete of every entry, one thread.
     pub delete_batch: f64,
+    /// Batch delete of every entry, split over `threads` threads.
+    pub delete_parallel: f64,
     /// One `DELETE_ELEM` per entry.
     pub delete_per_entry: f64,
 }
@@ -369,35 +376,93 @@ pub fn measure_map_ops(kind: MapKind, n: usize) -> Result<MapOpRates> {
     match kind {
         MapKind::Ct => {
             let (k, v) = ct_entries(n, 1_000, 0);
-            measure_typed(create_bench_map(kind, n)?, "bench_ct", &k, &v)
+            measure_typed(&|| create_bench_map(kind, n), "bench_ct", &k, &v, None)
         }
         MapKind::Policy => {
             let (k, v) = policy_entries(n);
-            measure_typed(create_bench_map(kind, n)?, "bench_policy", &k, &v)
+            measure_typed(&|| create_bench_map(kind, n), "bench_policy", &k, &v, None)
         }
         MapKind::PolicyTrie => {
             let (k, v) = policy_trie_entries(n);
-            measure_typed(create_bench_map(kind, n)?, "bench_policy_trie", &k, &v)
+            // The trie is written by one thread in production (one lock for
+            // the whole trie); the parallel column forces the split to show
+            // what it would (not) gain.
+            let threads = std::thread::available_parallelism().map_or(1, usize::from);
+            measure_typed(
+                &|| create_bench_map(kind, n),
+                "bench_policy_trie",
+                &k,
+                &v,
+                Some(threads),
+            )
         }
     }
 }
 
+/// The same measurements as [`MapKind::Policy`] on a hash of the same shape
+/// created `BPF_F_NO_PREALLOC` instead of preallocated (for comparison: its
+/// inserts are slower and do not scale with threads).
+pub fn measure_policy_hash_noprealloc_ops(n: usize) -> Result<MapOpRates> {
+    let (k, v) = policy_entries(n);
+    let max = (n + n / 4 + 1024) as u32;
+    let flags = NO_PREALLOC;
+    measure_typed(
+        &|| create_map("bench_pol_hash", HASH, 16, 8, max, flags),
+        "bench_pol_hash",
+        &k,
+        &v,
+        None,
+    )
+}
+
+/// Rounds of the alternated single-thread / parallel measurements; each
+/// rate is the best of its rounds (the least disturbed by other load).
+const ROUNDS: usize = 3;
+
 fn measure_typed<K: aya::Pod, V: aya::Pod>(
-    data: MapData,
+    create: &dyn Fn() -> Result<MapData>,
     name: &str,
     keys: &[K],
     values: &[V],
+    force_threads: Option<usize>,
 ) -> Result<MapOpRates> {
     let n = keys.len();
-    let batch = BatchMap::<K, V>::new(data, name)?;
     let mut r = MapOpRates {
         n,
         ..MapOpRates::default()
     };
-
-    let t = Instant::now();
+    // Single thread and parallel alternate, each on a fresh map, so both see
+    // the same machine load and the same empty map.
+    let mut last = None;
+    for _ in 0..ROUNDS {
+        for parallel in [false, true] {
+            let mut batch = BatchMap::<K, V>::new(create()?, name)?;
+            if !parallel {
+                batch = batch.with_write_threads(1);
+            } else if let Some(threads) = force_threads {
+                batch = batch.with_write_threads(threads);
+            }
+            let threads = batch.raw().slices_for(n);
+            let t = Instant::now();
+            batch.update(keys, values)?;
+            let insert = rate(n, t.elapsed());
+            let t = Instant::now();
+            let deleted = batch.delete(keys)?.deleted;
+            let delete = rate(n, t.elapsed());
+            check_count("batch delete", name, deleted, n)?;
+            if parallel {
+                r.threads = threads;
+                r.insert_parallel = r.insert_parallel.max(insert);
+                r.delete_parallel = r.delete_parallel.max(delete);
+            } else {
+                r.insert_batch = r.insert_batch.max(insert);
+                r.delete_batch = r.delete_batch.max(delete);
+            }
+            last = Some(batch);
+        }
+    }
+    let batch = last.expect("at least one round");
     batch.update(keys, values)?;
-    r.insert_batch = rate(n, t.elapsed());
 
     let t = Instant::now();
     let seen = batch.for_each_chunk(|_, _| ControlFlow::Continue(()))?;
@@ -408,16 +473,13 @@ fn measure_typed<K: aya::Pod, V: aya::Pod>(
     let found = batch.lookup(keys)?.iter().filter(|v| v.is_some()).count();
     r.lookup_per_entry = rate(n, t.elapsed());
     check_count("lookup", name, found, n)?;
-
-    let t = Instant::now();
-    let deleted = batch.delete(keys)?.deleted;
-    r.delete_batch = rate(n, t.elapsed());
-    check_count("batch delete", name, deleted, n)?;
+    batch.delete(keys)?;
 
     // The per-entry baselines on the same map, forced off the batch path.
     let raw: &RawMap = batch.raw();
     raw.force_per_entry(BatchOp::Update);
     raw.force_per_entry(BatchOp::Delete);
+    let batch = batch.with_write_threads(1);
     let t = Instant::now();
     batch.update(keys, values)?;
     r.insert_per_entry = rate(n, t.elapsed());
@@ -440,23 +502,53 @@ fn check_count(op: &'static str, name: &str, got: usize, expected: usize) -> Res
 
 /// Map-operation records for `kind` at `n` entries.
 pub fn map_op_records(kind: MapKind, r: &MapOpRates) -> Vec<BenchRecord> {
-    let mk = |op: &str, value: f64, baseline: f64, target: Option<&str>| BenchRecord {
-        bench: format!("datapath/map/{}/{op}/{}", kind.as_str(), r.n),
-        metric: "entries_per_s".to_owned(),
-        value,
-        unit: "entries/s".to_owned(),
-        baseline,
-        target: target.map(str::to_owned),
-    };
+    map_op_records_named(kind.as_str(), r)
+}
+
+/// Map-operation records of the map named `map` in bench ids: per operation
+/// the one-thread batch rate against the per-entry baseline, and for insert
+/// and delete the parallel rate against the one-thread batch rate (same run).
+pub fn map_op_records_named(map: &str, r: &MapOpRates) -> Vec<BenchRecord> {
+    let mk =
+        |op: &str, metric: &str, value: f64, baseline: f64, target: Option<&str>| BenchRecord {
+            bench: format!("datapath/map/{map}/{op}/{}", r.n),
+            metric: metric.to_owned(),
+            value,
+            unit: "entries/s".to_owned(),
+            baseline,
+            target: target.map(str::to_owned),
+        };
+    let parallel = format!("entries_per_s_{}_threads_vs_1", r.threads);
     vec![
         mk(
             "insert",
+            "entries_per_s",
             r.insert_batch,
             r.insert_per_entry,
+            None,
+        ),
+        mk(
+            "insert",
+            &parallel,
+            r.insert_parallel,
+            r.insert_batch,
             Some(">= 2e6/s"),
         ),
-        mk("lookup", r.lookup_batch, r.lookup_per_entry, None),
-        mk("delete", r.delete_batch, r.delete_per_entry, None),
+        mk(
+            "lookup",
+            "entries_per_s",
+            r.lookup_batch,
+            r.lookup_per_entry,
+            None,
+        ),
+        mk(
+            "delete",
+            "entries_per_s",
+            r.delete_batch,
+            r.delete_per_entry,
+            None,
+        ),
+        mk("delete", &parallel, r.delete_parallel, r.delete_batch, None),
     ]
 }
 
