@@ -189,7 +189,7 @@ test.serial('large batches are written by several threads: contents match, a fai
     return keys;
   };
 
-  // Above the threshold (16k entries): split over threads, same contents.
+  // Above the threshold (8k entries): split over threads, same contents.
   const ok = entries(40_000);
   t.is((await byIfindex.updatePacked(ok.keys, ok.values)).written, 40_000);
   const keys = await dumpedKeys();

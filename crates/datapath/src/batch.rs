@@ -64,9 +64,10 @@ use crate::{
 pub const DEFAULT_CHUNK: usize = 8192;
 
 /// Input size (entries) from which updates and deletes are split over
-/// threads; each thread then gets at least half of it, so a thread's start-up
-/// (tens of microseconds) stays small against its share (milliseconds).
-pub const PARALLEL_MIN_ENTRIES: usize = 16 * 1024;
+/// threads; each thread then gets at least half of it (4096 entries, about
+/// 2 ms of kernel time at ~2M/s), so a thread's start-up (tens of
+/// microseconds) stays small against its share.
+pub const PARALLEL_MIN_ENTRIES: usize = 8 * 1024;
 
 /// Most threads one update or delete uses.
 pub const MAX_WRITE_THREADS: usize = 8;
