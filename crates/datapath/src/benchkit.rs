@@ -442,7 +442,7 @@ fn measure_typed<K: aya::Pod, V: aya::Pod>(
             } else if let Some(threads) = force_threads {
                 batch = batch.with_write_threads(threads);
             }
-            let threads = batch.raw().slices_for(n);
+            let threads = batch.raw().threads_for(n);
             let t = Instant::now();
             batch.update(keys, values)?;
             let insert = rate(n, t.elapsed());

@@ -65,7 +65,7 @@ fn parallel_hash_write_then_dump_equals_input() {
     for flags in [0, NO_PREALLOC] {
         let n = 20_000;
         let map = hash_map("t_par_hash", 30_000, flags);
-        assert_eq!(map.raw().slices_for(n), 4);
+        assert_eq!(map.raw().threads_for(n), 4);
         let keys: Vec<Key> = (0..n).map(key).collect();
         let values: Vec<u64> = (0..n).map(value).collect();
         assert_eq!(map.update(&keys, &values).expect("update"), n);
@@ -99,7 +99,7 @@ fn parallel_lru_write_then_dump_equals_input() {
         .with_chunk(1000)
         .with_write_threads(3)
         .with_parallel_min(4000);
-    assert_eq!(map.raw().slices_for(n as usize), 3);
+    assert_eq!(map.raw().threads_for(n as usize), 3);
     let keys: Vec<CtKey> = (0..n)
         .map(|i| CtKey {
             saddr: u32::from_ne_bytes([10, 2, (i >> 8) as u8, i as u8]),
@@ -146,7 +146,7 @@ fn threshold_boundary_behaves_the_same() {
             .with_chunk(256)
             .with_write_threads(2)
             .with_parallel_min(4000);
-        assert_eq!(map.raw().slices_for(n), slices, "n = {n}");
+        assert_eq!(map.raw().threads_for(n), slices, "n = {n}");
         let keys: Vec<Key> = (0..n).map(key).collect();
         let values: Vec<u64> = (0..n).map(value).collect();
         assert_eq!(map.update(&keys, &values).expect("update"), n);
@@ -225,7 +225,7 @@ fn failing_batch_slice_reports_a_written_prefix() {
             .with_chunk(500)
             .with_write_threads(4)
             .with_parallel_min(2000);
-        assert_eq!(map.raw().slices_for(n), 4);
+        assert_eq!(map.raw().threads_for(n), 4);
         let mut keys: Vec<PolicyKey> = (0..n)
             .map(|i| PolicyKey {
                 prefixlen: 96,
