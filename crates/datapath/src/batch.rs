@@ -16,9 +16,15 @@
 //!   never asked for more than one chunk at a time.
 //! - **End of a dump**: the kernel answers `ENOENT` together with the last,
 //!   possibly empty, chunk; that is the normal end, not an error.
-//! - **Partial failure**: a failed update or delete reports how many entries
-//!   were done before it ([`BatchError::done`]) and the errno, in an error
-//!   that names the map and the operation.
+//! - **Threads**: updates and deletes of [`PARALLEL_MIN_ENTRIES`] entries or
+//!   more are shared by one thread per CPU (hash and LRU maps lock per
+//!   bucket; LPM tries, one lock, stay on the caller's thread): the threads
+//!   claim units of the input in order from a shared counter.
+//! - **Partial failure**: a failed update or delete reports the prefix of the
+//!   input done before the failing entry ([`BatchError::done`]), every entry
+//!   done ([`BatchError::written`], which may include entries after the
+//!   failing one, written by other threads) and the errno, in an error that
+//!   names the map and the operation.
 //! - **Fallback**: a map type whose kernel code refuses a batch command
 //!   (`ENOTSUPP`/`EOPNOTSUPP`, or `EINVAL` where the same entry succeeds on
 //!   its own) is served by per-entry commands (`BPF_MAP_*_ELEM`, dumps by
