@@ -94,6 +94,21 @@ test.serial('policy, ipcache and endpoints: batch update, lookup, dump, delete r
   t.is((await endpointsByIp(pinDir).delete(['10.250.0.1', '10.250.0.9'])).missing, 1);
 });
 
+test.serial('policy pair: runs and lone entries of either kind reach their map with their own values', async (t) => {
+  const pinDir = await pinned(t);
+  const policy = policyMap(pinDir);
+  // Runs longer and shorter than the copy threshold, in both maps, interleaved.
+  const lens = [96, 96, 96, 96, 96, 96, 96, 88, 96, 88, 88, 88, 88, 88, 88, 96, 96, 88, 96];
+  const keys: PolicyKey[] = lens.map((prefixLen, i) => ({ prefixLen, epId: 7, direction: 1, identity: 500 + i, proto: 6, dport: prefixLen === 96 ? 1000 + i : 0x4000 }));
+  const w = await policy.updateMany(keys, keys.map((_, i) => ({ action: 1, cookie: 9000 + i })));
+  t.is(w.written, keys.length);
+  const cookieOf = (entries: Array<[PolicyKey, { cookie: number }]>): Map<number, number> => new Map(entries.map(([key, v]) => [key.identity, v.cookie]));
+  const exact = cookieOf(await policy.exact.dump());
+  const trie = cookieOf(await policy.trie.dump());
+  lens.forEach((len, i) => t.is((len === 96 ? exact : trie).get(500 + i), 9000 + i, `entry ${i} (prefixLen ${len})`));
+  t.is(exact.size + trie.size, keys.length);
+});
+
 test.serial('policy pair: a mixed batch lands by prefix length, dumps merge, deletes remove both copies', async (t) => {
   const pinDir = await pinned(t);
   const policy = policyMap(pinDir);

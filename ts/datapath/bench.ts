@@ -127,6 +127,24 @@ async function addonBenches(ctx: BenchContext): Promise<BenchResult[]> {
     out.push(...(await writeBench('policy-exact-hash', policyMap(pinDir), policyKeyCodec, policyEntryCodec, pol.keys, pol.values)));
     const polTrie = policyTrieContent(100_000);
     out.push(...(await writeBench('policy-lpm-trie', policyMap(pinDir), policyKeyCodec, policyEntryCodec, polTrie.keys, polTrie.values)));
+    // A compiled policy's shape: 500 synthetic policies compile to 88% exact-port
+    // entries and 12% wildcards/port prefixes (ts/policy/bench.ts), written as one batch.
+    // Interleaved as a compiler emits them (an endpoint's wildcards next to its ports).
+    const mixExact = policyContent(88_000);
+    const mixTrie = policyTrieContent(12_000);
+    const mixKeys: PolicyKey[] = [];
+    const mixValues: PolicyEntry[] = [];
+    for (let i = 0, t = 0; i < mixExact.keys.length; i++) {
+      mixKeys.push(mixExact.keys[i] as PolicyKey);
+      mixValues.push(mixExact.values[i] as PolicyEntry);
+      if (i % 22 === 21 && t < mixTrie.keys.length) {
+        for (let k = 0; k < 3 && t < mixTrie.keys.length; k++, t++) {
+          mixKeys.push(mixTrie.keys[t] as PolicyKey);
+          mixValues.push(mixTrie.values[t] as PolicyEntry);
+        }
+      }
+    }
+    out.push(...(await writeBench('policy-pair-compiled-mix', policyMap(pinDir), policyKeyCodec, policyEntryCodec, mixKeys, mixValues)));
 
     ctx.log.info('flows: 1M synthetic flow_event records decoded in Rust, delivered, expanded');
     const total = 1_000_000;
