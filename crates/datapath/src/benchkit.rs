@@ -177,15 +177,19 @@ pub fn policy_entries(n: usize) -> (Vec<PolicyKey>, Vec<PolicyEntry>) {
             dport: (1 + (i % 60_000) as u16).to_be(),
         })
         .collect();
-    let values = (0..n)
+    (keys, allow_entries(n))
+}
+
+/// `n` allow entries, cookie = index.
+fn allow_entries(n: usize) -> Vec<PolicyEntry> {
+    (0..n)
         .map(|i| PolicyEntry {
             action: POLICY_ALLOW,
             flags: 0,
             proxy_port: 0,
             cookie: i as u32,
         })
-        .collect();
-    (keys, values)
+        .collect()
 }
 
 /// `n` distinct policy entries the trie `mbr_policy` holds: any-protocol,
@@ -221,15 +225,7 @@ pub fn policy_trie_entries(n: usize) -> (Vec<PolicyKey>, Vec<PolicyEntry>) {
             }
         })
         .collect();
-    let values = (0..n)
-        .map(|i| PolicyEntry {
-            action: POLICY_ALLOW,
-            flags: 0,
-            proxy_port: 0,
-            cookie: i as u32,
-        })
-        .collect();
-    (keys, values)
+    (keys, allow_entries(n))
 }
 
 /// `n` distinct ipcache prefixes: /32s in 100.64.0.0/10 with a /24 every 64.
