@@ -244,6 +244,15 @@ static __always_inline int handle_new(struct mbr_ctx *c, __u32 now, const struct
 	return pass(c);
 }
 
+/* Whether ct_lookup's answer lets the packet pass as tracked: an entry was
+ * found, and the packet does not reopen the finished connection it names. */
+static __always_inline int ct_passes(const struct mbr_pkt *pkt, const struct ct_entry *e,
+				     __u8 status)
+{
+	return e && status != MBR_CT_NEW &&
+	       !(status == MBR_CT_ESTABLISHED && ct_tcp_reopens(pkt->proto, pkt->tcp_flags, e));
+}
+
 /* handle_fast's answer when it passed the packet; a negative one leaves the
  * packet to the pipeline, and a positive one, an endpoint id, too, saying
  * that lookups with that id found no live entry either way. */
@@ -394,8 +403,7 @@ static __always_inline int handle_slow(struct __sk_buff *skb, const __u8 dir, in
 	} else {
 		status = ct_lookup(&c.pkt, dir, c.ep->ep_id, now, &e);
 	}
-	if (e && status != MBR_CT_NEW &&
-	    !(status == MBR_CT_ESTABLISHED && ct_tcp_reopens(c.pkt.proto, c.pkt.tcp_flags, e)))
+	if (ct_passes(&c.pkt, e, status))
 		return handle_tracked(&c, e, status, now, cfg);
 
 	if (c.cached) {
@@ -406,9 +414,7 @@ static __always_inline int handle_slow(struct __sk_buff *skb, const __u8 dir, in
 		/* The cache was behind: look again as the endpoint it is now. */
 		if (c.ep->ep_id != cached_ep_id) {
 			status = ct_lookup(&c.pkt, dir, c.ep->ep_id, now, &e);
-			if (e && status != MBR_CT_NEW &&
-			    !(status == MBR_CT_ESTABLISHED &&
-			      ct_tcp_reopens(c.pkt.proto, c.pkt.tcp_flags, e)))
+			if (ct_passes(&c.pkt, e, status))
 				return handle_tracked(&c, e, status, now, cfg);
 		}
 	}

@@ -158,6 +158,14 @@ const POLICY_VALUE_SIZE = policyEntryCodec.size;
 const packedKeyId = (keys: Buffer, i: number): string => keys.toString('latin1', i * POLICY_KEY_SIZE, (i + 1) * POLICY_KEY_SIZE);
 const packedPrefixLen = (keys: Buffer, i: number): number => keys.readUInt32LE(i * POLICY_KEY_SIZE);
 
+/** Indexes of the `n` packed policy keys: full length (the hash's) and shorter (the trie's). */
+function byPrefixLength(keys: Buffer, n: number): { exact: number[]; shorter: number[] } {
+  const exact: number[] = [];
+  const shorter: number[] = [];
+  for (let i = 0; i < n; i++) (packedPrefixLen(keys, i) === POLICY_PREFIX_FULL ? exact : shorter).push(i);
+  return { exact, shorter };
+}
+
 /** The entries at `indexes` of packed parallel arrays. */
 function pick(buf: Buffer, size: number, indexes: readonly number[]): Buffer {
   const out = Buffer.allocUnsafe(indexes.length * size);
@@ -225,13 +233,11 @@ export class PolicyMaps implements TypedMap<PolicyKey, PolicyEntry> {
     if (!Number.isInteger(n) || values.byteLength !== n * POLICY_VALUE_SIZE) {
       throw new RangeError(`map ${this.name}: ${keys.byteLength} key bytes and ${values.byteLength} value bytes are not whole ${POLICY_KEY_SIZE}/${POLICY_VALUE_SIZE}-byte entries of one count`);
     }
-    const exact: number[] = [];
-    const shorter: number[] = [];
     for (let i = 0; i < n; i++) {
       const len = packedPrefixLen(keys, i);
       if (len < 64 || len > POLICY_PREFIX_FULL) throw new RangeError(`map ${this.name}: key ${i} has prefixLen ${len}, not 64..${POLICY_PREFIX_FULL}`);
-      (len === POLICY_PREFIX_FULL ? exact : shorter).push(i);
     }
+    const { exact, shorter } = byPrefixLength(keys, n);
     const parts: Array<[PinnedMap<PolicyKey, PolicyEntry>, number[]]> = [
       [this.exact, exact],
       [this.trie, shorter],
@@ -263,9 +269,7 @@ export class PolicyMaps implements TypedMap<PolicyKey, PolicyEntry> {
   async deletePacked(keys: Buffer): Promise<DeleteResult> {
     const n = keys.byteLength / POLICY_KEY_SIZE;
     if (!Number.isInteger(n)) throw new RangeError(`map ${this.name}: ${keys.byteLength} key bytes are not whole ${POLICY_KEY_SIZE}-byte keys`);
-    const exact: number[] = [];
-    const shorter: number[] = [];
-    for (let i = 0; i < n; i++) (packedPrefixLen(keys, i) === POLICY_PREFIX_FULL ? exact : shorter).push(i);
+    const { exact, shorter } = byPrefixLength(keys, n);
     let deleted = 0;
     let missing = 0;
     let elapsedNs = 0;

@@ -391,7 +391,7 @@ pub struct RawMap<T = MapData> {
     chunk: usize,
     write_threads: usize,
     parallel_min: usize,
-    support: [AtomicU8; 4],
+    support: SupportFlags,
 }
 
 impl<T> std::fmt::Debug for RawMap<T> {
@@ -544,7 +544,7 @@ impl<T: Borrow<MapData>> RawMap<T> {
 
     /// How `op` is carried out on this map so far.
     pub fn support(&self, op: BatchOp) -> Support {
-        Support::from_u8(self.support[op as usize].load(Ordering::Relaxed))
+        self.support.get(op)
     }
 
     /// Forces per-entry commands for `op` (benchmarks compare both paths).
@@ -553,7 +553,7 @@ impl<T: Borrow<MapData>> RawMap<T> {
     }
 
     fn set_support(&self, op: BatchOp, s: Support) {
-        self.support[op as usize].store(s as u8, Ordering::Relaxed);
+        self.support.set(op, s);
     }
 
     fn fd(&self) -> u32 {
@@ -1039,6 +1039,21 @@ impl<T: Borrow<MapData>> RawMap<T> {
     }
 }
 
+/// How each [`BatchOp`] is carried out on one map so far, learnt from the
+/// kernel's first answers; shared by a [`RawMap`] and its slice workers.
+#[derive(Default)]
+struct SupportFlags([AtomicU8; 4]);
+
+impl SupportFlags {
+    fn get(&self, op: BatchOp) -> Support {
+        Support::from_u8(self.0[op as usize].load(Ordering::Relaxed))
+    }
+
+    fn set(&self, op: BatchOp, s: Support) {
+        self.0[op as usize].store(s as u8, Ordering::Relaxed);
+    }
+}
+
 /// What the slices of a parallel update or delete need of a [`RawMap`]: plain
 /// numbers, the fd and the shared support flags, so it is `Sync` whatever
 /// the map handle `T` is. Borrowed from the `RawMap`, which keeps the fd open.
@@ -1047,16 +1062,16 @@ struct SliceWorker<'a> {
     key_size: usize,
     value_stride: usize,
     chunk: usize,
-    support: &'a [AtomicU8; 4],
+    support: &'a SupportFlags,
 }
 
 impl SliceWorker<'_> {
     fn support(&self, op: BatchOp) -> Support {
-        Support::from_u8(self.support[op as usize].load(Ordering::Relaxed))
+        self.support.get(op)
     }
 
     fn set_support(&self, op: BatchOp, s: Support) {
-        self.support[op as usize].store(s as u8, Ordering::Relaxed);
+        self.support.set(op, s);
     }
 
     fn fd(&self) -> u32 {

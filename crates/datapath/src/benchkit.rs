@@ -1080,10 +1080,13 @@ pub fn measure_packets_over_loads(
     Ok(merge_loads(&runs))
 }
 
+/// What one load of the programs measured: the floor and every case.
+type LoadTimes = (Floor, Vec<PacketTimes>);
+
 /// Per case and field, the median over the loads' results (each load
 /// measured the same cases in the same order).
-fn merge_loads(runs: &[(Floor, Vec<PacketTimes>)]) -> (Floor, Vec<PacketTimes>) {
-    let med = |f: &dyn Fn(&(Floor, Vec<PacketTimes>)) -> f64| {
+fn merge_loads(runs: &[LoadTimes]) -> LoadTimes {
+    let med = |f: &dyn Fn(&LoadTimes) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
         median(&mut v)
     };

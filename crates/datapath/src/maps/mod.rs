@@ -94,10 +94,22 @@ pub fn open_pinned(path: &Path, binding: &MapBinding) -> Result<MapData> {
 
 /// Verifies that a map's kernel metadata matches its Rust binding.
 pub fn check_pinned(data: &MapData, path: &Path, binding: &MapBinding) -> Result<()> {
+    binding_mismatch(data, binding)?.map_or(Ok(()), |detail| {
+        Err(DatapathError::Incompatible {
+            object: format!("map {}", binding.name),
+            path: path.display().to_string(),
+            detail,
+        })
+    })
+}
+
+/// How a map's kernel metadata (type, key and value sizes) differs from its
+/// Rust binding, or `None` when it matches.
+pub fn binding_mismatch(data: &MapData, binding: &MapBinding) -> Result<Option<String>> {
     let object = format!("map {}", binding.name);
     let info = data
         .info()
-        .map_err(|e| DatapathError::op("get info of", object.clone(), &e))?;
+        .map_err(|e| DatapathError::op("get info of", object, &e))?;
     let mut problems = Vec::new();
     match info.map_type() {
         Ok(t) if t == binding.map_type => {}
@@ -120,13 +132,5 @@ pub fn check_pinned(data: &MapData, path: &Path, binding: &MapBinding) -> Result
             binding.value.rust_name
         ));
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(DatapathError::Incompatible {
-            object,
-            path: path.display().to_string(),
-            detail: problems.join("; "),
-        })
-    }
+    Ok((!problems.is_empty()).then(|| problems.join("; ")))
 }

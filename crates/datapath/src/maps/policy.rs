@@ -365,17 +365,12 @@ fn check_type<T: Borrow<MapData>>(
     map: &BatchMap<PolicyKey, PolicyEntry, T>,
     binding: &MapBinding,
 ) -> Result<()> {
-    let actual = map.raw().map_type();
-    if actual == binding.map_type as u32 {
-        Ok(())
-    } else {
-        Err(DatapathError::invalid(
+    match super::binding_mismatch(map.raw().map_data(), binding)? {
+        None => Ok(()),
+        Some(detail) => Err(DatapathError::invalid(
             "map types",
-            format!(
-                "map {} has type {actual}, expected {:?}",
-                binding.name, binding.map_type
-            ),
-        ))
+            format!("map {}: {detail}", binding.name),
+        )),
     }
 }
 
